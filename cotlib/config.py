@@ -1,0 +1,328 @@
+"""Validated parameters for every stage and for the experiment grid; grid expansion into cells.
+
+Everything a user can set is checked here, once, before any kernel starts: an unknown key or a
+bad value is an error naming the file, the stage and the key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from . import cells, data, models, prompts
+
+Stage = Literal["generate", "sft", "evaluate", "figures"]
+STAGES: tuple[str, ...] = ("generate", "sft", "evaluate", "figures")
+
+
+class GridError(ValueError):
+    """The grid file is wrong; the message names the file, the stage and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _known_dataset(v: str) -> str:
+    if v not in data.DATASETS:
+        raise ValueError(f"unknown dataset {v!r}; known: {', '.join(data.DATASETS)}")
+    return v
+
+
+def _known_model(v: str, role: str) -> str:
+    if v not in models.REGISTRY:
+        raise ValueError(f"unknown model {v!r}; registered: {', '.join(models.REGISTRY)}")
+    if models.REGISTRY[v].role not in (role, "both"):
+        raise ValueError(f"{v!r} is registered as a {models.REGISTRY[v].role}, not a {role}")
+    return v
+
+
+class GenerateConfig(_Strict):
+    """One teacher-CoT set: dataset x teacher x granularity level x format."""
+
+    dataset: str = "demo-arith"
+    split: str = "train"
+    n_examples: int | None = Field(None, ge=1)
+    teacher: str = models.EMBEDDED
+    backend: Literal["transformers"] = "transformers"
+    level: int = Field(3, ge=1, le=6)
+    format: Literal["cot", "rar", "bsm", "sym"] = "cot"
+    filter: Literal["keep_all", "keep_correct"] = "keep_correct"
+    max_new_tokens: int = Field(256, ge=1, le=8192)
+    batch_size: int = Field(16, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    seed: int = 0
+
+    _dataset = field_validator("dataset")(_known_dataset)
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher(cls, v: str) -> str:
+        return _known_model(v, "teacher")
+
+    def slug(self) -> str:
+        return f"{self.dataset}__{self.teacher}__L{self.level}__{self.format}"
+
+
+class SftConfig(_Strict):
+    """One student fine-tuned on one generated set."""
+
+    generate_cell: str
+    student: str = models.EMBEDDED
+    method: Literal["lora", "qlora", "full"] = "lora"
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int = -1
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    max_length: int = Field(512, ge=16)
+    too_long: Literal["drop", "error"] = "drop"  # never truncate an answer silently
+    save_steps: int = Field(50, ge=1)
+    seed: int = 100
+
+    @field_validator("student")
+    @classmethod
+    def _student(cls, v: str) -> str:
+        return _known_model(v, "student")
+
+    def slug(self) -> str:
+        return f"{self.student}__{self.method}__{self.generate_cell.split('/')[-1].rsplit('__', 1)[0]}"
+
+
+class EvaluateConfig(_Strict):
+    """A base or trained student on one test set."""
+
+    student: str = models.EMBEDDED
+    sft_cell: str | None = None
+    dataset: str = "demo-arith"
+    split: str = "test"
+    n_examples: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(256, ge=1, le=8192)
+    batch_size: int = Field(16, ge=1)
+    seed: int = 0
+
+    _dataset = field_validator("dataset")(_known_dataset)
+
+    @field_validator("student")
+    @classmethod
+    def _student(cls, v: str) -> str:
+        return _known_model(v, "student")
+
+    def slug(self) -> str:
+        trained = self.sft_cell.split("/")[-1].rsplit("__", 1)[0] if self.sft_cell else f"{self.student}__base"
+        return f"{trained}__on-{self.dataset}"
+
+
+class FiguresConfig(_Strict):
+    """Figures from whatever evaluate cells finished."""
+
+    evaluate_cells: list[str] = []
+    formats: list[Literal["png", "pdf"]] = ["png", "pdf"]
+
+    def slug(self) -> str:
+        return "figures"
+
+
+STAGE_MODELS: dict[str, type[_Strict]] = {
+    "generate": GenerateConfig,
+    "sft": SftConfig,
+    "evaluate": EvaluateConfig,
+    "figures": FiguresConfig,
+}
+
+
+class GridFile(_Strict):
+    """The top level of a params/*.yaml grid; each stage section maps keys to a value or a list (an axis)."""
+
+    name: str
+    output_dir: str = "outputs"
+    kernel: str = "cotlib"
+    notebooks: dict[Stage, str] = {}
+    generate: dict[str, Any] | None = None
+    sft: dict[str, Any] | None = None
+    evaluate: dict[str, Any] | None = None
+    figures: dict[str, Any] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError("must be a folder-safe name: letters, digits, '.', '_' or '-'")
+        return v
+
+
+@dataclass
+class Cell:
+    """One papermill execution of one stage's notebook."""
+
+    stage: str
+    config: _Strict
+    deps: list[str] = field(default_factory=list)
+    soft_deps: bool = False  # runs with whatever deps finished (figures)
+
+    @property
+    def config_hash(self) -> str:
+        return cells.config_hash(self.stage, self.config)
+
+    @property
+    def name(self) -> str:
+        if self.stage == "figures":
+            return "figures"
+        return f"{self.stage}/{self.config.slug()}__{self.config_hash}"
+
+
+@dataclass
+class Grid:
+    name: str
+    path: Path
+    output_root: Path  # <output_dir>/<name>
+    kernel: str
+    notebooks: dict[str, Path]
+    cells: list[Cell]
+
+    def by_name(self) -> dict[str, Cell]:
+        return {c.name: c for c in self.cells}
+
+
+def _fmt_error(path: Path, stage: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(section)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            model = STAGE_MODELS.get(stage)
+            allowed = ", ".join(model.model_fields) if model else ""
+            msg = f"unknown key (allowed: {allowed})" if allowed else "unknown key"
+        lines.append(f"{path}: {stage + '.' if stage else ''}{key}: {msg}")
+    return "\n".join(lines)
+
+
+def _combos(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """Keys whose value is a list are axes; the cells are their cartesian product."""
+    axes = {k: v for k, v in section.items() if isinstance(v, list)}
+    fixed = {k: v for k, v in section.items() if not isinstance(v, list)}
+    for k, v in axes.items():
+        if not v:
+            raise ValueError(f"axis {k!r} is an empty list")
+    keys = list(axes)
+    return [{**fixed, **dict(zip(keys, vals))} for vals in itertools.product(*(axes[k] for k in keys))]
+
+
+def _build(path: Path, stage: str, values: dict[str, Any]) -> _Strict:
+    try:
+        return STAGE_MODELS[stage].model_validate(values)
+    except ValidationError as err:
+        raise GridError(_fmt_error(path, stage, err)) from None
+
+
+def _section(path: Path, stage: str, section: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not section:
+        return []
+    try:
+        return _combos(section)
+    except ValueError as err:
+        raise GridError(f"{path}: {stage}: {err}") from None
+
+
+def expand(raw: dict[str, Any], path: Path, project_root: Path | None = None) -> Grid:
+    """Validate a grid and expand it into cells with dependencies (generate -> sft -> evaluate -> figures)."""
+    try:
+        top = GridFile.model_validate(raw)
+    except ValidationError as err:
+        msgs = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            msg = "unknown key (allowed: " + ", ".join(GridFile.model_fields) + ")" if e["type"] == "extra_forbidden" else e["msg"]
+            msgs.append(f"{path}: {key}: {msg}")
+        raise GridError("\n".join(msgs)) from None
+    root = project_root or Path.cwd()
+    cells: list[Cell] = []
+
+    gen_cells = [Cell("generate", _build(path, "generate", c)) for c in _section(path, "generate", top.generate)]
+    cells += gen_cells
+
+    sft_cells = []
+    for combo in _section(path, "sft", top.sft):
+        if not gen_cells:
+            raise GridError(f"{path}: sft: needs a generate section to train on")
+        for g in gen_cells:
+            sft_cells.append(Cell("sft", _build(path, "sft", {**combo, "generate_cell": g.name}), [g.name]))
+    cells += sft_cells
+
+    eval_cells = []
+    for combo in _section(path, "evaluate", top.evaluate):
+        include_base = combo.pop("include_base", True)
+        if not isinstance(include_base, bool):
+            raise GridError(f"{path}: evaluate.include_base: must be true or false")
+        explicit_student = combo.pop("student", None)
+        students = [explicit_student] if explicit_student else []
+        if include_base:
+            students = list(dict.fromkeys(students + [s.config.student for s in sft_cells]))
+            for student in students:
+                eval_cells.append(Cell("evaluate", _build(path, "evaluate", {**combo, "student": student})))
+        for s in sft_cells:
+            if explicit_student and s.config.student != explicit_student:
+                continue
+            cfg = _build(path, "evaluate", {**combo, "student": s.config.student, "sft_cell": s.name})
+            eval_cells.append(Cell("evaluate", cfg, [s.name]))
+        if not students and not sft_cells:
+            raise GridError(f"{path}: evaluate: name a student, or add an sft section to evaluate")
+    cells += eval_cells
+
+    if top.figures is not None:
+        fig = _build(path, "figures", {**top.figures, "evaluate_cells": [c.name for c in eval_cells]})
+        cells.append(Cell("figures", fig, [c.name for c in eval_cells], soft_deps=True))
+
+    if not cells:
+        raise GridError(f"{path}: the grid has no stage sections (generate, sft, evaluate, figures)")
+    names = [c.name for c in cells]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise GridError(f"{path}: the grid expands to duplicate cells: {sorted(dupes)}")
+
+    notebooks = {s: root / "notebooks" / f for s, f in zip(STAGES, ("01_generate.ipynb", "02_sft.ipynb", "03_evaluate.ipynb", "04_figures.ipynb"))}
+    for stage, nb in top.notebooks.items():
+        p = Path(nb)
+        notebooks[stage] = p if p.is_absolute() else (path.parent / p)
+    for stage in {c.stage for c in cells}:
+        if not notebooks[stage].exists():
+            raise GridError(f"{path}: notebook for stage {stage!r} not found at {notebooks[stage]}")
+    out = Path(top.output_dir)
+    out = out if out.is_absolute() else root / out
+    return Grid(top.name, path, out / top.name, top.kernel, notebooks, cells)
+
+
+def load_grid(path: str | Path, project_root: Path | None = None) -> Grid:
+    """Read, validate and expand a grid YAML file."""
+    path = Path(path)
+    if not path.exists():
+        raise GridError(f"grid file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise GridError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise GridError(f"{path}: the top level must be a mapping with a 'name' and stage sections")
+    return expand(raw, path.resolve(), project_root or find_project_root(path))
+
+
+def find_project_root(start: str | Path) -> Path:
+    """The folder holding notebooks/ above a grid file (or the cwd)."""
+    p = Path(start).resolve()
+    for cand in [p, *p.parents]:
+        if (cand / "notebooks" / "01_generate.ipynb").exists():
+            return cand
+    return Path.cwd()
+
+
+def template_for(student: str) -> prompts.StudentTemplate:
+    return prompts.TEMPLATES[models.spec(student).template]

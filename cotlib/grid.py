@@ -1,0 +1,186 @@
+"""Run a grid's cells through papermill: one notebook execution per cell, in dependency order,
+skipping finished cells, recording failures and going on with every cell that does not need them."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from . import cells
+from .config import Cell, Grid, GridError
+
+
+@dataclass
+class CellState:
+    cell: Cell
+    state: str  # done | failed | pending | blocked | stale
+    detail: str = ""
+
+
+def cell_dir(grid: Grid, cell: Cell) -> Path:
+    return grid.output_root / cell.name
+
+
+def _figures_current(grid: Grid, cell: Cell) -> bool:
+    """A soft-dependency cell is current only if it used exactly the upstream cells now finished."""
+    m = cells.read_metrics(cell_dir(grid, cell)) or {}
+    ups = [grid.by_name()[d] for d in cell.deps]
+    finished = sorted(u.name for u in ups if cells.is_done(cell_dir(grid, u), u.stage, u.config))
+    return m.get("inputs") == finished
+
+
+def state_of(grid: Grid, cell: Cell) -> CellState:
+    d = cell_dir(grid, cell)
+    if cells.is_done(d, cell.stage, cell.config):
+        if cell.soft_deps and not _figures_current(grid, cell):
+            return CellState(cell, "stale", "new upstream results")
+        return CellState(cell, "done")
+    err = cells.read_error(d)
+    if err:
+        return CellState(cell, "failed", err.get("error", ""))
+    return CellState(cell, "pending")
+
+
+def status(grid: Grid) -> list[CellState]:
+    return [state_of(grid, c) for c in grid.cells]
+
+
+def ensure_kernel(name: str) -> None:
+    """Register this interpreter as the named Jupyter kernel if no such kernel exists yet."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel:
+        from ipykernel.kernelspec import install
+
+        install(kernel_name=name, display_name=f"Python ({name})", prefix=sys.prefix)
+
+
+def _params(grid: Grid, cell: Cell) -> dict:
+    return {"cell_dir": str(cell_dir(grid, cell)), "config": cell.config.model_dump(mode="json")}
+
+
+def execute_cell(grid: Grid, cell: Cell) -> None:
+    """One papermill execution; raises on failure after the executed notebook is saved."""
+    import papermill as pm
+
+    d = cell_dir(grid, cell)
+    d.mkdir(parents=True, exist_ok=True)
+    cells.write_config(d, cell.stage, cell.config)
+    pm.execute_notebook(
+        str(grid.notebooks[cell.stage]), str(d / "executed.ipynb"), parameters=_params(grid, cell),
+        kernel_name=grid.kernel, cwd=str(grid.notebooks[cell.stage].parent), progress_bar=False,
+        log_output=False, request_save_on_cell_execute=True,
+    )
+    if not cells.is_done(d, cell.stage, cell.config):
+        raise RuntimeError("the notebook finished without writing metrics.json (did it call cells.finish?)")
+
+
+def _error_summary(exc: BaseException) -> tuple[str, str]:
+    name = getattr(exc, "ename", type(exc).__name__)
+    value = getattr(exc, "evalue", str(exc))
+    tb = "\n".join(getattr(exc, "traceback", []) or [])
+    return f"{name}: {value}".strip(), tb
+
+
+def preflight(grid: Grid) -> None:
+    """Check what the environment must provide (data files, the model package, CUDA for QLoRA)
+    before any kernel starts, and report every problem at once."""
+    from . import data, models
+    from .train import TrainError, check_method
+
+    problems: list[str] = []
+    seen: set[tuple] = set()
+    for cell in grid.cells:
+        cfg = cell.config
+        key = ("data", getattr(cfg, "dataset", None), getattr(cfg, "split", None))
+        if key[1] and key not in seen:
+            seen.add(key)
+            try:
+                data.load_examples(key[1], key[2], 1)
+            except data.DataError as err:
+                problems.append(f"{cell.name}: {err}")
+        for name in (getattr(cfg, "teacher", None), getattr(cfg, "student", None)):
+            if name == models.EMBEDDED and ("model", name) not in seen:
+                seen.add(("model", name))
+                try:
+                    models.check_available(name)
+                except models.ModelError as err:
+                    problems.append(f"{cell.name}: {err}")
+        if cell.stage == "sft" and ("method", cfg.method) not in seen:
+            seen.add(("method", cfg.method))
+            try:
+                check_method(cfg.method)
+            except TrainError as err:
+                problems.append(f"{cell.name}: {err}")
+    if problems:
+        raise GridError(f"{grid.path}: cannot start:\n  " + "\n  ".join(problems))
+
+
+def run(grid: Grid, *, log: Callable[[str], None] = print, execute: Callable[[Grid, Cell], None] = execute_cell) -> list[CellState]:
+    """Run every cell that is not done; return the final state of each."""
+    preflight(grid)
+    ensure_kernel(grid.kernel)
+    grid.output_root.mkdir(parents=True, exist_ok=True)
+    by_name = grid.by_name()
+    final: dict[str, CellState] = {}
+    todo = [c for c in grid.cells]
+    bar = tqdm(total=len(todo), desc=f"grid {grid.name}", unit="cell", file=sys.stderr)
+    for i, cell in enumerate(todo, 1):
+        st = state_of(grid, cell)
+        prefix = f"[{i}/{len(todo)}] {cell.name}"
+        if st.state == "done":
+            final[cell.name] = st
+            log(f"{prefix}: done, skipped")
+            bar.update()
+            continue
+        upstream = [final[d] for d in cell.deps if d in final]
+        bad = [u for u in upstream if u.state != "done"]
+        if bad and not cell.soft_deps:
+            final[cell.name] = CellState(cell, "blocked", f"upstream not done: {', '.join(u.cell.name for u in bad)}")
+            log(f"{prefix}: blocked ({final[cell.name].detail})")
+            bar.update()
+            continue
+        if cell.soft_deps and upstream and len(bad) == len(upstream):
+            final[cell.name] = CellState(cell, "blocked", "no upstream cell finished")
+            log(f"{prefix}: blocked (no upstream cell finished)")
+            bar.update()
+            continue
+        log(f"{prefix}: running")
+        t0 = time.perf_counter()
+        try:
+            execute(grid, cell)
+        except Exception as exc:  # a failed cell is recorded and the others go on
+            summary, tb = _error_summary(exc)
+            cells.record_error(cell_dir(grid, cell), summary, tb)
+            final[cell.name] = CellState(cell, "failed", summary)
+            log(f"{prefix}: FAILED after {time.perf_counter() - t0:.0f}s: {summary}\n    see {cell_dir(grid, cell) / 'executed.ipynb'}")
+        else:
+            final[cell.name] = CellState(cell, "done")
+            log(f"{prefix}: done in {time.perf_counter() - t0:.0f}s")
+        bar.update()
+    bar.close()
+    return [final[c.name] for c in grid.cells]
+
+
+def format_status(states: list[CellState]) -> str:
+    width = max((len(s.cell.name) for s in states), default=10)
+    lines = [f"{'cell'.ljust(width)}  state    detail"]
+    for s in states:
+        lines.append(f"{s.cell.name.ljust(width)}  {s.state.ljust(7)}  {s.detail}")
+    counts: dict[str, int] = {}
+    for s in states:
+        counts[s.state] = counts.get(s.state, 0) + 1
+    lines.append(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return "\n".join(lines)
+
+
+def summary_json(states: list[CellState]) -> str:
+    return json.dumps([{"cell": s.cell.name, "stage": s.cell.stage, "state": s.state, "detail": s.detail} for s in states], indent=2)

@@ -1,0 +1,102 @@
+"""Write the stage notebooks from the cell sources below (run after editing them; commit the result).
+
+Notebooks stay thin: a parameters cell, a few calls into cotlib, then what a person wants to see.
+"""
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent.parent / "notebooks"
+
+NOTEBOOKS = {
+    "01_generate.ipynb": [
+        ("md", "# 1. Generate teacher chains of thought\nOne cell of the grid: dataset x teacher x granularity level x format. "
+               "Run by `cotlib run`, which injects `cell_dir` and `config`; the defaults below run a small demo interactively."),
+        ("parameters", 'cell_dir = "../outputs/interactive/generate/demo"\n'
+                       'config = {"dataset": "demo-arith", "n_examples": 16, "level": 3, "max_new_tokens": 128, "filter": "keep_all"}'),
+        ("code", "import pandas as pd\n"
+                 "from cotlib import cells, teachers\n"
+                 "from cotlib.config import GenerateConfig\n\n"
+                 "cfg = GenerateConfig.model_validate(config)\n"
+                 "metrics = cells.finish(cell_dir, teachers.STAGE, cfg, teachers.run_generate(cfg, cell_dir))\n"
+                 "pd.Series(metrics)"),
+        ("md", "## What the teacher wrote"),
+        ("code", 'records = pd.read_json(f"{cell_dir}/records.jsonl", lines=True)\n'
+                 'records["status"].value_counts()'),
+        ("code", 'pd.set_option("display.max_colwidth", 200)\n'
+                 'records[["id", "status", "teacher_answer", "gold", "words", "steps", "cot"]].head(8)'),
+    ],
+    "02_sft.ipynb": [
+        ("md", "# 2. Fine-tune a student on one generated set\nLoRA on a CPU, QLoRA or full fine-tuning on a GPU. "
+               "The student template and end token are the same here and in evaluation."),
+        ("parameters", 'cell_dir = "../outputs/interactive/sft/demo"\n'
+                       'config = {"generate_cell": "generate/demo", "max_steps": 4}'),
+        ("code", "import pandas as pd\n"
+                 "from cotlib import cells, train\n"
+                 "from cotlib.config import SftConfig\n\n"
+                 "cfg = SftConfig.model_validate(config)\n"
+                 "metrics = cells.finish(cell_dir, train.STAGE, cfg, train.run_sft(cfg, cell_dir))\n"
+                 "pd.Series(metrics)"),
+        ("md", "## Training loss"),
+        ("code", 'loss = pd.read_json(f"{cell_dir}/loss.json")\n'
+                 'ax = loss.plot(x="step", y="loss", marker="o", title="training loss (completion tokens only)")'),
+    ],
+    "03_evaluate.ipynb": [
+        ("md", "# 3. Evaluate a base or trained student on one test set\nBatched greedy decoding, answer extraction and grading; "
+               "every example's prompt, output and grade are in `records.jsonl`."),
+        ("parameters", 'cell_dir = "../outputs/interactive/evaluate/demo"\n'
+                       'config = {"student": "smollm2-135m", "sft_cell": "sft/demo", "n_examples": 16, "max_new_tokens": 128}'),
+        ("code", "import pandas as pd\n"
+                 "from cotlib import cells, evaluate\n"
+                 "from cotlib.config import EvaluateConfig\n\n"
+                 "cfg = EvaluateConfig.model_validate(config)\n"
+                 "metrics = cells.finish(cell_dir, evaluate.STAGE, cfg, evaluate.run_evaluate(cfg, cell_dir))\n"
+                 "pd.Series(metrics)"),
+        ("md", "## Right and wrong examples"),
+        ("code", 'pd.set_option("display.max_colwidth", 200)\n'
+                 'records = pd.read_json(f"{cell_dir}/records.jsonl", lines=True, dtype={"gold": str, "extracted": str})\n'
+                 'cols = ["id", "gold", "extracted", "correct", "format_followed", "new_tokens", "output"]\n'
+                 'display(records[records.correct][cols].head(4))\n'
+                 'records[~records.correct][cols].head(4)'),
+        ("md", "## Output length"),
+        ("code", 'ax = records["new_tokens"].plot.hist(bins=20, title="output tokens per example")'),
+    ],
+    "04_figures.ipynb": [
+        ("md", "# 4. Figures\nEvery figure is drawn from the results table (`results.csv`), i.e. from finished evaluate cells."),
+        ("parameters", 'cell_dir = "../outputs/interactive/figures"\n'
+                       'config = {"evaluate_cells": []}'),
+        ("code", "import pandas as pd\n"
+                 "from IPython.display import Image, display\n"
+                 "from cotlib import cells, figures\n"
+                 "from cotlib.config import FiguresConfig\n\n"
+                 "cfg = FiguresConfig.model_validate(config)\n"
+                 "metrics = cells.finish(cell_dir, figures.STAGE, cfg, figures.run_figures(cfg, cell_dir))\n"
+                 "pd.Series(metrics)"),
+        ("code", 'display(Image(f"{cell_dir}/accuracy_vs_level.png"))\n'
+                 'pd.read_json(f"{cell_dir}/records.jsonl", lines=True)'),
+    ],
+}
+
+
+def build() -> None:
+    for name, cells in NOTEBOOKS.items():
+        nb = new_notebook()
+        nb.metadata["kernelspec"] = {"name": "cotlib", "display_name": "Python (cotlib)", "language": "python"}
+        nb.metadata["language_info"] = {"name": "python"}
+        for kind, src in cells:
+            if kind == "md":
+                nb.cells.append(new_markdown_cell(src))
+            else:
+                cell = new_code_cell(src)
+                if kind == "parameters":
+                    cell.metadata["tags"] = ["parameters"]
+                nb.cells.append(cell)
+        for i, cell in enumerate(nb.cells):
+            cell["id"] = f"{Path(name).stem}-{i}"
+        nbformat.write(nb, HERE / name)
+
+
+if __name__ == "__main__":
+    build()

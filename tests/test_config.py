@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cotlib.config import GridError, expand, load_grid
+
+
+def _write(tmp_path: Path, grid: dict) -> Path:
+    p = tmp_path / "params" / "g.yaml"
+    p.parent.mkdir(exist_ok=True)
+    p.write_text(yaml.safe_dump(grid))
+    return p
+
+
+def test_demo_grid_expands_with_dependencies(project_root):
+    g = load_grid(project_root / "params" / "demo.yaml")
+    stages = [c.stage for c in g.cells]
+    assert stages.count("generate") == 3 and stages.count("sft") == 3
+    assert stages.count("evaluate") == 4  # one base student + three trained
+    assert stages[-1] == "figures"
+    by = g.by_name()
+    for c in g.cells:
+        for d in c.deps:  # every dependency exists and comes earlier
+            assert d in by and g.cells.index(by[d]) < g.cells.index(c)
+    levels = sorted(c.config.level for c in g.cells if c.stage == "generate")
+    assert levels == [1, 3, 5]
+    sft = [c for c in g.cells if c.stage == "sft"]
+    assert {c.config.generate_cell for c in sft} == {c.name for c in g.cells if c.stage == "generate"}
+    base = [c for c in g.cells if c.stage == "evaluate" and c.config.sft_cell is None]
+    assert len(base) == 1 and base[0].deps == []
+    assert g.output_root == project_root / "outputs" / "demo"
+
+
+def test_cell_names_are_readable_and_follow_the_config(tmp_path):
+    grid = {"name": "x", "generate": {"level": [2, 4], "n_examples": 3}}
+    a = expand(grid, tmp_path / "g.yaml", Path(__file__).resolve().parents[1])
+    b = expand({"name": "x", "generate": {"level": [2, 4], "n_examples": 4}}, tmp_path / "g.yaml",
+               Path(__file__).resolve().parents[1])
+    assert a.cells[0].name.startswith("generate/demo-arith__smollm2-135m__L2__cot__")
+    assert a.cells[0].name != b.cells[0].name  # another n_examples is another cell
+    assert [c.name for c in a.cells] == [c.name for c in expand(grid, tmp_path / "g.yaml", Path(__file__).resolve().parents[1]).cells]
+
+
+def test_unknown_key_names_file_stage_and_key(tmp_path, project_root):
+    p = _write(tmp_path, {"name": "x", "generate": {"level": 1}, "sft": {"lr_rate": 0.1}})
+    with pytest.raises(GridError) as err:
+        load_grid(p, project_root)
+    msg = str(err.value)
+    assert str(p) in msg and "sft.lr_rate" in msg and "unknown key" in msg and "learning_rate" in msg
+
+
+def test_bad_value_names_the_key(tmp_path, project_root):
+    p = _write(tmp_path, {"name": "x", "generate": {"level": [1, 9]}})
+    with pytest.raises(GridError, match=r"generate\.level: .*less than or equal to 6"):
+        load_grid(p, project_root)
+
+
+@pytest.mark.parametrize("grid,pattern", [
+    ({"name": "x", "generate": {"dataset": "nope"}}, r"generate\.dataset: .*unknown dataset 'nope'"),
+    ({"name": "x", "generate": {"teacher": "bloom-560m"}}, r"registered as a student, not a teacher"),
+    ({"name": "x", "generate": {"level": []}}, r"axis 'level' is an empty list"),
+    ({"name": "x", "sft": {"method": "lora"}}, r"sft: needs a generate section"),
+    ({"name": "x", "bogus": 1, "generate": {}}, r"bogus: unknown key"),
+    ({"name": "bad name!", "generate": {}}, r"name: .*folder-safe"),
+    ({"name": "x"}, r"no stage sections"),
+])
+def test_grid_errors(tmp_path, project_root, grid, pattern):
+    with pytest.raises(GridError, match=pattern):
+        load_grid(_write(tmp_path, grid), project_root)
+
+
+def test_missing_and_malformed_grid_files(tmp_path, project_root):
+    with pytest.raises(GridError, match="not found"):
+        load_grid(tmp_path / "absent.yaml", project_root)
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: [unclosed\n")
+    with pytest.raises(GridError, match="not valid YAML"):
+        load_grid(p, project_root)

@@ -1,0 +1,145 @@
+"""The grid runner through a real Jupyter kernel (papermill): order, failure isolation, resume.
+
+The stage notebooks here are small stand-ins that do no model work, so the runner's own
+behaviour is what is tested; the real notebooks run end to end in test_demo_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+from nbformat.v4 import new_code_cell, new_notebook
+
+from cotlib import grid as runner
+from cotlib.config import load_grid
+
+pytestmark = pytest.mark.slow
+
+_BODY = {
+    "generate": (
+        "from cotlib import cells\nfrom cotlib.config import GenerateConfig\nimport os\n"
+        "cfg = GenerateConfig.model_validate(config)\n"
+        "open(os.environ['RUN_LOG'], 'a').write(cell_dir + '\\n')\n"
+        "if cfg.level in [int(x) for x in os.environ.get('FAIL_LEVELS', '').split(',') if x]:\n"
+        "    raise RuntimeError(f'injected failure at level {cfg.level}')\n"
+        "cells.start(cell_dir, 'generate', cfg)\n"
+        "cells.finish(cell_dir, 'generate', cfg, {'kept': 1})\n"
+    ),
+    "sft": (
+        "from cotlib import cells\nfrom cotlib.config import SftConfig\nimport os\n"
+        "cfg = SftConfig.model_validate(config)\n"
+        "open(os.environ['RUN_LOG'], 'a').write(cell_dir + '\\n')\n"
+        "cells.finish(cell_dir, 'sft', cfg, {'steps': 1})\n"
+    ),
+    "evaluate": (
+        "from cotlib import cells, evaluate\nfrom cotlib.config import EvaluateConfig\nfrom pathlib import Path\nimport os\n"
+        "cfg = EvaluateConfig.model_validate(config)\n"
+        "open(os.environ['RUN_LOG'], 'a').write(cell_dir + '\\n')\n"
+        "lin = evaluate.lineage(cfg, Path(cell_dir))\n"
+        "acc = 0.1 * (lin['level'] or 0)\n"
+        "cells.finish(cell_dir, 'evaluate', cfg, {'n': 10, 'accuracy': acc, 'ci95_low': acc, 'ci95_high': acc, 'lineage': lin})\n"
+    ),
+}
+
+
+def _stub_notebook(path: Path, body: str) -> None:
+    nb = new_notebook()
+    params = new_code_cell("cell_dir = None\nconfig = {}")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "cotlib", "display_name": "Python (cotlib)", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def stub_grid(tmp_project: Path, monkeypatch) -> Path:
+    stubs = tmp_project / "stubs"
+    stubs.mkdir()
+    for stage, body in _BODY.items():
+        _stub_notebook(stubs / f"{stage}.ipynb", body)
+    grid = {
+        "name": "mini", "output_dir": str(tmp_project / "outputs"),
+        "notebooks": {s: f"../stubs/{s}.ipynb" for s in _BODY},  # figures: the real notebook
+        "generate": {"level": [1, 2, 3], "n_examples": 2},
+        "sft": {"max_steps": 1},
+        "evaluate": {"n_examples": 2},
+        "figures": {"formats": ["png"]},
+    }
+    path = tmp_project / "params" / "mini.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    monkeypatch.setenv("RUN_LOG", str(tmp_project / "runs.log"))
+    return path
+
+
+def _runs(tmp_project: Path) -> list[str]:
+    log = tmp_project / "runs.log"
+    return log.read_text().split() if log.exists() else []
+
+
+def test_failed_cell_is_recorded_others_run_and_rerun_resumes(stub_grid, tmp_project, monkeypatch):
+    monkeypatch.setenv("FAIL_LEVELS", "2")
+    g = load_grid(stub_grid)
+    states = {s.cell.name: s for s in runner.run(g, log=lambda _: None)}
+
+    failed = [s for s in states.values() if s.state == "failed"]
+    assert [s.cell.name for s in failed] == [c.name for c in g.cells if c.stage == "generate" and c.config.level == 2]
+    bad_dir = g.output_root / failed[0].cell.name
+    assert "injected failure at level 2" in json.loads((bad_dir / "error.json").read_text())["error"]
+    executed = nbformat.read(bad_dir / "executed.ipynb", as_version=4)  # the executed notebook keeps the error
+    assert any(o.get("ename") == "RuntimeError" for c in executed.cells for o in c.get("outputs", []))
+    blocked = {s.cell.name for s in states.values() if s.state == "blocked"}
+    assert len(blocked) == 2  # the level-2 sft cell and its evaluate cell
+    done = [s for s in states.values() if s.state == "done"]
+    assert len(done) == len(g.cells) - 3  # everything independent of the failure finished, figures included
+    # dependency order: every cell ran after the cells it needs
+    order = [Path(p).relative_to(g.output_root).as_posix() for p in _runs(tmp_project)]
+    for c in g.cells:
+        for d in c.deps:
+            if c.name in order and d in order:
+                assert order.index(d) < order.index(c.name)
+    fig = g.output_root / "figures"
+    assert (fig / "accuracy_vs_level.png").stat().st_size > 10_000
+    assert len(json.loads((fig / "metrics.json").read_text())["inputs"]) == 3  # base + levels 1 and 3
+
+    # a rerun skips finished cells: only the failed cell (and what it blocked) runs again
+    monkeypatch.setenv("FAIL_LEVELS", "")
+    (tmp_project / "runs.log").unlink()
+    states2 = runner.run(load_grid(stub_grid), log=lambda _: None)
+    assert all(s.state == "done" for s in states2)
+    rerun = {Path(p).relative_to(g.output_root).as_posix() for p in _runs(tmp_project)}
+    assert rerun == {failed[0].cell.name, *blocked}  # figures is no stand-in: it reran as stale, unlogged
+    assert len(json.loads((fig / "metrics.json").read_text())["inputs"]) == 4
+
+    (tmp_project / "runs.log").unlink()
+    runner.run(load_grid(stub_grid), log=lambda _: None)
+    assert _runs(tmp_project) == []  # nothing left to do
+
+
+def test_cli_exits_nonzero_naming_failed_cells_and_status_shows_them(stub_grid, tmp_project, monkeypatch):
+    monkeypatch.setenv("FAIL_LEVELS", "3")
+    cli = [sys.executable, "-m", "cotlib.cli"]
+    run = subprocess.run([*cli, "run", str(stub_grid)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1
+    assert "__L3__cot__" in run.stderr and "failed" in run.stderr
+    status = subprocess.run([*cli, "status", str(stub_grid), "--json"], capture_output=True, text=True, timeout=120)
+    rows = json.loads(status.stdout)
+    assert {r["state"] for r in rows if "__L3__" in r["cell"] and r["stage"] == "generate"} == {"failed"}
+    assert sum(r["state"] == "done" for r in rows) == 6
+    dry = subprocess.run([*cli, "run", str(stub_grid), "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0 and "generate     3 cells, 2 done, 1 to run" in dry.stdout
+
+
+def test_validation_fails_before_any_kernel_starts(tmp_project, monkeypatch):
+    monkeypatch.setenv("RUN_LOG", str(tmp_project / "runs.log"))
+    path = tmp_project / "params" / "bad.yaml"
+    path.write_text(yaml.safe_dump({"name": "bad", "generate": {"level": 1}, "sft": {"epochs": 0}}))
+    run = subprocess.run([sys.executable, "-m", "cotlib.cli", "run", str(path)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert f"{path}: sft.epochs: Input should be greater than 0" in run.stderr
+    assert not (tmp_project / "outputs").exists()
