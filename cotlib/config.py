@@ -48,6 +48,7 @@ class GenerateConfig(_Strict):
 
     dataset: str = "demo-arith"
     split: str = "train"
+    source: Literal["auto", "local", "hub"] = "auto"
     n_examples: int | None = Field(None, ge=1)
     teacher: str = models.EMBEDDED
     backend: Literal["transformers"] = "transformers"
@@ -86,6 +87,7 @@ class SftConfig(_Strict):
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     max_length: int = Field(512, ge=16)
     too_long: Literal["drop", "error"] = "drop"  # never truncate an answer silently
+    merge: bool = False  # also save the LoRA-merged model (for engines without adapter support)
     save_steps: int = Field(50, ge=1)
     seed: int = 100
 
@@ -105,9 +107,12 @@ class EvaluateConfig(_Strict):
     sft_cell: str | None = None
     dataset: str = "demo-arith"
     split: str = "test"
+    source: Literal["auto", "local", "hub"] = "auto"
     n_examples: int | None = Field(None, ge=1)
     max_new_tokens: int = Field(256, ge=1, le=8192)
     batch_size: int = Field(16, ge=1)
+    temperature: float = Field(0.0, ge=0.0)  # 0: greedy, as the paper's math evaluation
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int = 0
 
     _dataset = field_validator("dataset")(_known_dataset)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import random
 import re
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+
+log = logging.getLogger(__name__)
 
 AnswerType = Literal["number", "choice", "boolean", "math"]
 
@@ -210,18 +213,170 @@ LOCAL_TEST: dict[str, Callable[[str], list[Example]]] = {
     "strategyqa": _load_label_file("testsets/strategyqa/strategyQA_test.json", "boolean"),
 }
 
-DATASETS = ["demo-arith", *LOCAL_TEST]
+# The paper's training questions: its released answer-only files (paper_sft/), in its own layout.
+TRAIN_FILES: dict[str, str] = {
+    "svamp": "SVAMP_only_ans.json",
+    "gsm8k": "gsm_train_onlyans.json",
+    "aqua": "aqua_only_ans.json",
+    "math": "math_human.json",
+    "csqa": "commonsenseQA_onlyans.json",
+    "obqa": "openbookQA_onlyans.json",
+    "strategyqa": "strategyQA_onlyans.json",
+}
+ANSWER_TYPES: dict[str, AnswerType] = {
+    "demo-arith": "number", "svamp": "number", "gsm8k": "number", "aqua": "choice", "math": "math",
+    "csqa": "choice", "obqa": "choice", "strategyqa": "boolean",
+}
+_AQUA_CHOICES = re.compile(r"\(([A-J])\)\s*(.*?)\s*(?=\([A-J]\)|$)")
 
 
-def load_examples(dataset: str, split: str = "test", n: int | None = None, seed: int = 1234) -> list[Example]:
-    """Examples of one dataset split, in a stable order (the first `n` when n is given)."""
+def parse_rendered_choices(question: str) -> list[str] | None:
+    """Choices from a question already rendered by render_choices (either style)."""
+    if "Answer Choices:" in question:
+        return [m.group(2) for m in _AQUA_CHOICES.finditer(question.split("Answer Choices:", 1)[1])] or None
+    if "Answer choices:" in question:
+        tail = question.split("Answer choices:", 1)[1]
+        return [c.split(":", 1)[1].strip() for c in re.split(r",\s*(?=[A-J]:)", tail.strip()) if ":" in c] or None
+    return None
+
+
+def math_gold(row: dict) -> str:
+    """MATH's final answer: the solution's last \\boxed{}, else the release's `output` with braces closed."""
+    from .grading import last_boxed
+
+    boxed = last_boxed(row.get("solution", ""))
+    if boxed:
+        return boxed
+    out = str(row.get("output", "")).strip()
+    return out + "}" * max(0, out.count("{") - out.count("}"))
+
+
+def clean_gold(dataset: str, raw: object, choices: list[str] | None = None) -> str | None:
+    """Gold answers as the graders compare them: numbers without trailing zeros, bare letters, True/False.
+
+    None when the release's answer field holds no recognisable answer (some AQuA rows).
+    """
+    from .grading import extract_choice
+
+    text = str(raw).strip()
+    kind = ANSWER_TYPES[dataset]
+    if kind == "number":
+        return _num(text.replace(",", ""))
+    if kind == "choice":
+        return extract_choice(text, choices)
+    if kind == "boolean":
+        return "True" if text.lower() in ("true", "yes") else "False"
+    return text
+
+
+def _load_train(dataset: str) -> list[Example]:
+    path = _find(f"paper_sft/{TRAIN_FILES[dataset]}", dataset)
+    out, unreadable = [], 0
+    for i, r in enumerate(_read_json_any(path)):
+        if dataset == "math":
+            _need(r, ("problem", "solution", "output"), dataset, path)
+            out.append(Example(id=f"math-train-{i}", question=r["problem"], answer=math_gold(r), answer_type="math"))
+            continue
+        _need(r, ("instruction", "output"), dataset, path)
+        q = r["instruction"].strip()
+        choices = parse_rendered_choices(q)
+        gold = clean_gold(dataset, r["output"], choices)
+        if gold is None:
+            unreadable += 1
+            continue
+        out.append(Example(id=f"{dataset}-train-{i}", question=q, answer=gold,
+                           answer_type=ANSWER_TYPES[dataset], choices=choices))
+    if unreadable:
+        log.warning("%s: skipped %d rows of %s whose answer field names no choice", dataset, unreadable, path.name)
+    return out
+
+
+# ---------------------------------------------------------------- the hub (machines with internet)
+
+HUB_IDS: dict[str, tuple[str, str | None]] = {
+    "svamp": ("ChilleD/SVAMP", None),
+    "gsm8k": ("openai/gsm8k", "main"),
+    "aqua": ("deepmind/aqua_rat", "raw"),
+    "math": ("HuggingFaceH4/MATH-500", None),
+    "csqa": ("tau/commonsense_qa", None),
+    "obqa": ("allenai/openbookqa", "main"),
+}
+_HUB_SPLIT = {("csqa", "test"): "validation"}  # CSQA's test labels are hidden: the paper's 1,221 are validation
+
+
+def _from_hub_row(dataset: str, i: int, r: dict) -> Example:
+    if dataset == "svamp":
+        q = f"{r['Body'].strip()} {r['Question'].strip()}"
+        return Example(id=str(r.get("ID", i)), question=q, answer=_num(r["Answer"]), answer_type="number")
+    if dataset == "gsm8k":
+        return Example(id=f"gsm8k-{i}", question=r["question"], answer=_num(r["answer"].split("####")[-1].replace(",", "")),
+                       answer_type="number")
+    if dataset == "aqua":
+        choices = [re.sub(r"^[A-J]\)", "", o).strip() for o in r["options"]]
+        return Example(id=f"aqua-{i}", question=render_choices(r["question"], choices, "aqua"), answer=r["correct"].strip(),
+                       answer_type="choice", choices=choices)
+    if dataset == "math":
+        return Example(id=str(r.get("unique_id", f"math-{i}")), question=r["problem"],
+                       answer=r.get("answer") or math_gold(r), answer_type="math")
+    if dataset == "csqa":
+        choices = list(r["choices"]["text"])
+        return Example(id=r.get("id", f"csqa-{i}"), question=render_choices(r["question"], choices, "qa"),
+                       answer=r["answerKey"], answer_type="choice", choices=choices)
+    if dataset == "obqa":
+        choices = list(r["choices"]["text"])
+        return Example(id=r.get("id", f"obqa-{i}"), question=render_choices(r["question_stem"], choices, "qa"),
+                       answer=r["answerKey"], answer_type="choice", choices=choices)
+    raise DataError(f"dataset {dataset!r} has no hub loader")
+
+
+def _load_hub(dataset: str, split: str) -> list[Example]:
+    if dataset not in HUB_IDS:
+        raise DataError(f"dataset {dataset!r} has no standard hub copy with the paper's split; "
+                        f"use the paper's files (source: local, COTLIB_DATA_DIR)")
+    from datasets import load_dataset
+
+    repo, name = HUB_IDS[dataset]
+    try:
+        rows = load_dataset(repo, name, split=_HUB_SPLIT.get((dataset, split), split))
+    except Exception as err:  # network, auth or an unknown split: say which dataset and how to avoid the hub
+        raise DataError(f"dataset {dataset!r}: could not load {repo} split {split!r} from the hub ({err}); "
+                        f"offline, use local files (source: local, COTLIB_DATA_DIR)") from err
+    return [_from_hub_row(dataset, i, r) for i, r in enumerate(rows)]
+
+
+DATASETS = ["demo-arith", "svamp", "gsm8k", "aqua", "math", "csqa", "obqa", "strategyqa"]
+Source = Literal["auto", "local", "hub"]
+
+
+def load_examples(dataset: str, split: str = "test", n: int | None = None, seed: int = 1234,
+                  source: Source = "auto") -> list[Example]:
+    """Examples of one dataset split, in a stable order (the first `n` when n is given).
+
+    source 'local' reads the original files under data_root(); 'hub' uses `datasets`; 'auto' tries
+    local files first and falls back to the hub.
+    """
     if dataset == "demo-arith":
         return demo_examples(split, n, seed)
-    if dataset not in LOCAL_TEST:
+    if dataset not in ANSWER_TYPES:
         raise DataError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)}")
-    if split != "test":
-        raise DataError(f"dataset {dataset!r}: only the 'test' split is loaded from local files so far")
-    rows = LOCAL_TEST[dataset](dataset)
+    if split not in ("train", "test"):
+        raise DataError(f"dataset {dataset!r} has splits 'train' and 'test', not {split!r}")
+    rows: list[Example] | None = None
+    if source in ("auto", "local"):
+        try:
+            rows = _load_train(dataset) if split == "train" else _load_local_test(dataset)
+        except DataError:
+            if source == "local":
+                raise
+    if rows is None:
+        rows = _load_hub(dataset, split)
     if not rows:
         raise DataError(f"dataset {dataset!r} split {split!r} is empty")
     return rows[:n] if n else rows
+
+
+def _load_local_test(dataset: str) -> list[Example]:
+    if dataset not in LOCAL_TEST:
+        raise DataError(f"dataset {dataset!r}: no local test file is known (MATH-500 comes from the hub: "
+                        f"{HUB_IDS['math'][0]})")
+    return LOCAL_TEST[dataset](dataset)

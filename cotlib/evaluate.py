@@ -62,7 +62,7 @@ def _student_weights(cfg: EvaluateConfig, cell_dir: Path) -> tuple[Path | None, 
 
 def run_evaluate(cfg: EvaluateConfig, cell_dir: str | Path) -> dict[str, Any]:
     cell_dir = Path(cell_dir)
-    examples = data.load_examples(cfg.dataset, cfg.split, cfg.n_examples, seed=1234)
+    examples = data.load_examples(cfg.dataset, cfg.split, cfg.n_examples, source=cfg.source)
     adapter, full = _student_weights(cfg, cell_dir)
     cells.start(cell_dir, STAGE, cfg)
     template = template_for(cfg.student)
@@ -75,7 +75,7 @@ def run_evaluate(cfg: EvaluateConfig, cell_dir: str | Path) -> dict[str, Any]:
         model = models.load_model(cfg.student, adapter=adapter)
     prompts_ = [template.render(ex.question) for ex in examples]
     gens = generate(model, tok, prompts_, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                    stop=template.stop, seed=cfg.seed, desc="evaluate")
+                    stop=template.stop, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, desc="evaluate")
     records = []
     for ex, prompt, g in zip(examples, prompts_, gens):
         gr = grade(g.text, ex.answer, ex.answer_type, ex.choices)
@@ -93,6 +93,7 @@ def run_evaluate(cfg: EvaluateConfig, cell_dir: str | Path) -> dict[str, Any]:
         "format_followed": sum(r["format_followed"] for r in records) / n,
         "mean_output_tokens": statistics.fmean(lengths), "median_output_tokens": statistics.median(lengths),
         "hit_limit": sum(r["hit_limit"] for r in records),
-        "decoding": {"do_sample": False, "max_new_tokens": cfg.max_new_tokens, "stop": template.stop or tok.eos_token},
+        "decoding": {"do_sample": cfg.temperature > 0, "temperature": cfg.temperature, "top_p": cfg.top_p,
+                     "max_new_tokens": cfg.max_new_tokens, "stop": template.stop or tok.eos_token, "seed": cfg.seed},
         "lineage": lineage(cfg, cell_dir),
     }

@@ -28,7 +28,7 @@ def stop_token_ids(tokenizer, stop: str | None) -> list[int]:
 
 
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 16,
-             stop: str | None = None, temperature: float = 0.0, seed: int = 0, desc: str = "generate",
+             stop: str | None = None, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, desc: str = "generate",
              add_special_tokens: bool = False) -> list[Generation]:
     """Generate for every prompt, in the input order."""
     import torch
@@ -40,7 +40,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
     lengths = [len(tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     results: list[Generation | None] = [None] * len(prompts)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0} if temperature > 0 else {"do_sample": False}
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
     torch.manual_seed(seed)
     dev = next(model.parameters()).device
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):

@@ -80,6 +80,12 @@ def _choice_from(text: str, choices: list[str] | None, anchored: bool) -> str | 
     return None
 
 
+def extract_choice(text: str, choices: list[str] | None = None) -> str | None:
+    """A choice letter from free text: a leading letter, 'Option C', '(C)', or the choice's own text."""
+    text = re.sub(r"^\W*(?:option|answer)\s*:?\s*", "", text.strip(), flags=re.IGNORECASE)
+    return _choice_from(text, choices, anchored=True)
+
+
 def _grade_choice(output: str, choices: list[str] | None) -> tuple[str | None, str | None]:
     tail = _tail_after_trigger(output)
     strict = _choice_from(tail, choices, anchored=True) if tail is not None else None
@@ -109,13 +115,28 @@ def _math_equal(pred: str, gold: str) -> bool:
     return bool(g and p and verify(g, p))
 
 
+def last_boxed(text: str) -> str | None:
+    """The content of the last \\boxed{...} (or \\fbox{...}), braces balanced."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0:
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1:j]
+    return None
+
+
 def _grade_math(output: str) -> tuple[str | None, str | None]:
     tail = _tail_after_trigger(output)
-    strict = tail.strip().rstrip(".").strip() if tail and tail.strip() else None
-    if strict is not None:
+    if tail and tail.strip():
+        strict = last_boxed(tail) or tail.strip().splitlines()[0].strip().rstrip(".").strip()
         return strict, strict
-    boxed = re.findall(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}", output)
-    return None, (boxed[-1] if boxed else _last_number(output))
+    return None, last_boxed(output) or _last_number(output)
 
 
 def grade(output: str, gold: str, answer_type: str, choices: list[str] | None = None) -> Grade:

@@ -48,7 +48,16 @@ def state_of(grid: Grid, cell: Cell) -> CellState:
 
 
 def status(grid: Grid) -> list[CellState]:
-    return [state_of(grid, c) for c in grid.cells]
+    """Each cell's state; a pending cell whose (hard) upstream failed or is blocked shows as blocked."""
+    states: dict[str, CellState] = {}
+    for c in grid.cells:
+        st = state_of(grid, c)
+        if st.state == "pending" and not c.soft_deps:
+            bad = [d for d in c.deps if states[d].state in ("failed", "blocked")]
+            if bad:
+                st = CellState(c, "blocked", f"upstream not done: {', '.join(bad)}")
+        states[c.name] = st
+    return list(states.values())
 
 
 def ensure_kernel(name: str) -> None:
@@ -100,11 +109,11 @@ def preflight(grid: Grid) -> None:
     seen: set[tuple] = set()
     for cell in grid.cells:
         cfg = cell.config
-        key = ("data", getattr(cfg, "dataset", None), getattr(cfg, "split", None))
+        key = ("data", getattr(cfg, "dataset", None), getattr(cfg, "split", None), getattr(cfg, "source", None))
         if key[1] and key not in seen:
             seen.add(key)
             try:
-                data.load_examples(key[1], key[2], 1)
+                data.load_examples(key[1], key[2], 1, source=key[3])
             except data.DataError as err:
                 problems.append(f"{cell.name}: {err}")
         for name in (getattr(cfg, "teacher", None), getattr(cfg, "student", None)):

@@ -76,7 +76,7 @@ def completion_for(row: dict[str, Any]) -> str:
 def run_generate(cfg: GenerateConfig, cell_dir: str | Path) -> dict[str, Any]:
     """Generate (or resume) the teacher CoTs of one cell; write records.jsonl and sft.jsonl."""
     cell_dir = Path(cell_dir)
-    examples = data.load_examples(cfg.dataset, cfg.split, cfg.n_examples, seed=1234)
+    examples = data.load_examples(cfg.dataset, cfg.split, cfg.n_examples, source=cfg.source)
     cells.start(cell_dir, STAGE, cfg)
     records = cell_dir / "records.jsonl"
     done = _done_ids(records)

@@ -138,6 +138,10 @@ def run_sft(cfg: SftConfig, cell_dir: str | Path) -> dict[str, Any]:
     out = cell_dir / ("adapter" if peft_config else "model")
     trainer.save_model(str(out))
     tok.save_pretrained(str(out))
+    if cfg.merge and peft_config is not None and cfg.method == "lora":
+        merged = trainer.model.merge_and_unload()
+        merged.save_pretrained(str(cell_dir / "merged"))
+        tok.save_pretrained(str(cell_dir / "merged"))
     log = [h for h in trainer.state.log_history if "loss" in h]
     atomic_write_json(cell_dir / "loss.json", log)
     lengths = [len(x) for x in trainer.train_dataset["input_ids"]]

@@ -130,7 +130,8 @@ def test_cli_exits_nonzero_naming_failed_cells_and_status_shows_them(stub_grid, 
     status = subprocess.run([*cli, "status", str(stub_grid), "--json"], capture_output=True, text=True, timeout=120)
     rows = json.loads(status.stdout)
     assert {r["state"] for r in rows if "__L3__" in r["cell"] and r["stage"] == "generate"} == {"failed"}
-    assert sum(r["state"] == "done" for r in rows) == 6
+    assert sum(r["state"] == "done" for r in rows) == 8  # 2 generate, 2 sft, 3 evaluate, figures
+    assert [r["stage"] for r in rows if r["state"] == "blocked"] == ["sft", "evaluate"]
     dry = subprocess.run([*cli, "run", str(stub_grid), "--dry-run"], capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0 and "generate     3 cells, 2 done, 1 to run" in dry.stdout
 

@@ -1,0 +1,108 @@
+"""The paper's released SFT data (EIT-NLP/Distilling-CoT-Reasoning, data/): which file is which
+dataset x teacher x level x format, and its rows with their gold answers."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import data
+
+RELEASE_REPO = "EIT-NLP/Distilling-CoT-Reasoning"
+RELEASE_COMMIT = "cc33822"
+RELEASE_URL = f"https://github.com/{RELEASE_REPO}/tree/{RELEASE_COMMIT}/data"
+
+_DATASET = {"svamp": "svamp", "gsm8k": "gsm8k", "gsm": "gsm8k", "aqua": "aqua", "auqa": "aqua", "math": "math",
+            "csqa": "csqa", "commonsenseqa": "csqa", "cqa": "csqa", "ecqa": "csqa", "obqa": "obqa",
+            "openbookqa": "obqa", "stqa": "strategyqa", "strategyqa": "strategyqa"}
+_TEACHER = {"chatgpt": "gpt-4o", "gemini": "gemini-1.5-flash", "llama": "llama-3-70b"}
+_FORMAT = {"bsm": "bsm", "rar": "rar", "sym": "sym", "symbolic": "sym"}
+
+
+@dataclass(frozen=True)
+class ReleasedFile:
+    name: str  # file name in the release, without .gz
+    dataset: str
+    teacher: str  # gpt-4o, gemini-1.5-flash, llama-3-70b, human, answer-only
+    level: int | None
+    format: str  # cot, bsm, rar, sym, human, answer-only
+    response: str  # the field that holds the teacher's text
+
+
+def parse_name(name: str) -> ReleasedFile | None:
+    """Classify a release file name; None for files that are not SFT sets (e.g. dataset_info.json)."""
+    stem = re.sub(r"\.json(\.gz)?$", "", name)
+    low = stem.lower()
+    ds_key = re.match(r"(?:0_)?([a-z0-9]+)", low)
+    dataset = _DATASET.get(ds_key.group(1)) if ds_key else None
+    if dataset is None:
+        return None
+    level_m = re.search(r"level_?(\d)", low)
+    level = int(level_m.group(1)) if level_m else None
+    teacher_m = re.search(r"_(chatgpt|gemini|llama)_", low + "_")
+    fmt_m = re.search(r"level\d(bsm|rar|sym)$|_(bsm|rar|symbolic)_level", low)
+    fmt = _FORMAT[next(g for g in fmt_m.groups() if g)] if fmt_m else "cot"
+    if "only" in low and "ans" in low:
+        return ReleasedFile(stem, dataset, "answer-only", None, "answer-only", "output")
+    if "human" in low or low.startswith("ecqa"):
+        return ReleasedFile(stem, dataset, "human", None, "human", "solution" if dataset == "math" else "output")
+    if low.startswith("math_mix"):
+        return ReleasedFile(stem, "math", "gpt-4o", level, "cot", "chatgpt_output")
+    if teacher_m is None or level is None:
+        return None  # e.g. the 0-shot with/without-gt OBQA variants
+    teacher = _TEACHER[teacher_m.group(1)]
+    response = f"{teacher_m.group(1)}_output" if dataset == "math" else "output"
+    return ReleasedFile(stem, dataset, teacher, level, fmt, response)
+
+
+def release_dir() -> Path:
+    return data.data_root() / "paper_sft"
+
+
+def find_file(name: str) -> Path:
+    """The local copy of a release file, or a clear error naming it and where to get it."""
+    base = re.sub(r"\.gz$", "", name)
+    for cand in (release_dir() / base, release_dir() / f"{base}.gz"):
+        if cand.exists():
+            return cand
+    raise data.DataError(
+        f"released file {base!r} is not in {release_dir()}: download it from {RELEASE_URL}/{base} "
+        f"into that folder (or set COTLIB_DATA_DIR to a folder whose paper_sft/ holds it)"
+    )
+
+
+def local_files() -> list[ReleasedFile]:
+    out = []
+    for p in sorted(release_dir().glob("*.json*")):
+        f = parse_name(p.name)
+        if f is not None:
+            out.append(f)
+    return out
+
+
+def _norm_q(q: str) -> str:
+    return " ".join(q.split())
+
+
+def load_rows(f: ReleasedFile) -> list[dict]:
+    """Rows {question, text, gold, answer_type, choices} with gold answers aligned by question text."""
+    rows = data._read_json_any(find_file(f.name))
+    kind = data.ANSWER_TYPES[f.dataset]
+    if f.dataset == "math":
+        return [{"question": r["problem"], "text": str(r.get(f.response, "")), "gold": data.math_gold(r),
+                 "answer_type": kind, "choices": None} for r in rows]
+    gold_by_q: dict[str, data.Example] = {}
+    golds = data.load_examples(f.dataset, "train", source="local")
+    if f.dataset == "strategyqa":  # the human file also holds the 290 test questions
+        golds = golds + data.load_examples(f.dataset, "test", source="local")
+    for ex in golds:
+        gold_by_q.setdefault(_norm_q(ex.question), ex)
+    out = []
+    for r in rows:
+        ex = gold_by_q.get(_norm_q(r["instruction"]))
+        if ex is None:
+            continue
+        out.append({"question": r["instruction"], "text": str(r.get(f.response, "")), "gold": ex.answer,
+                    "answer_type": kind, "choices": ex.choices})
+    return out
