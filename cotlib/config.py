@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import cells, data, models, prompts
 
@@ -43,6 +43,21 @@ def _known_model(v: str, role: str) -> str:
     return v
 
 
+class ApiConfig(_Strict):
+    """An OpenAI-compatible endpoint. The key is read from the variable `api_key_env` names."""
+
+    base_url: str | None = None  # None: api.openai.com; e.g. http://127.0.0.1:8000/v1 for a vLLM server
+    model: str | None = None  # the served model name; None: the registry's id for the teacher
+    api_key_env: str | None = "OPENAI_API_KEY"  # None for a local server that needs no key
+    concurrency: int = Field(8, ge=1, le=1024)
+    requests_per_minute: float | None = Field(None, gt=0)
+    max_retries: int = Field(6, ge=0, le=50)
+    timeout_s: float = Field(120.0, gt=0)
+
+
+REPLAY_TEACHERS = ("gpt-4o", "gemini-1.5-flash", "llama-3-70b", "human", "answer-only")
+
+
 class GenerateConfig(_Strict):
     """One teacher-CoT set: dataset x teacher x granularity level x format."""
 
@@ -51,8 +66,9 @@ class GenerateConfig(_Strict):
     source: Literal["auto", "local", "hub"] = "auto"
     n_examples: int | None = Field(None, ge=1)
     teacher: str = models.EMBEDDED
-    backend: Literal["transformers"] = "transformers"
-    level: int = Field(3, ge=1, le=6)
+    backend: Literal["transformers", "openai", "vllm", "replay"] = "transformers"
+    api: ApiConfig = ApiConfig()
+    level: int | None = Field(3, ge=1, le=6)  # None only for replayed human / answer-only sets
     format: Literal["cot", "rar", "bsm", "sym"] = "cot"
     filter: Literal["keep_all", "keep_correct"] = "keep_correct"
     max_new_tokens: int = Field(256, ge=1, le=8192)
@@ -62,13 +78,22 @@ class GenerateConfig(_Strict):
 
     _dataset = field_validator("dataset")(_known_dataset)
 
-    @field_validator("teacher")
-    @classmethod
-    def _teacher(cls, v: str) -> str:
-        return _known_model(v, "teacher")
+    @model_validator(mode="after")
+    def _teacher_fits_backend(self) -> GenerateConfig:
+        if self.backend == "replay":
+            if self.teacher not in REPLAY_TEACHERS:
+                raise ValueError(f"teacher: replay has the paper's teachers {list(REPLAY_TEACHERS)}, not {self.teacher!r}")
+        elif self.backend in ("transformers", "vllm"):
+            _known_model(self.teacher, "teacher")
+            if models.REGISTRY[self.teacher].api:
+                raise ValueError(f"teacher: {self.teacher!r} is an API model; use backend: openai")
+        if self.level is None and not (self.backend == "replay" and self.teacher in ("human", "answer-only")):
+            raise ValueError("level: required (1..6) except for replayed human or answer-only sets")
+        return self
 
     def slug(self) -> str:
-        return f"{self.dataset}__{self.teacher}__L{self.level}__{self.format}"
+        level = f"L{self.level}" if self.level else "Lnone"
+        return f"{self.dataset}__{self.teacher.replace('/', '-')}__{level}__{self.format}"
 
 
 class SftConfig(_Strict):

@@ -102,7 +102,8 @@ def _error_summary(exc: BaseException) -> tuple[str, str]:
 def preflight(grid: Grid) -> None:
     """Check what the environment must provide (data files, the model package, CUDA for QLoRA)
     before any kernel starts, and report every problem at once."""
-    from . import data, models
+    from . import data, models, released, teachers
+    from .api import ApiError, api_key
     from .train import TrainError, check_method
 
     problems: list[str] = []
@@ -123,6 +124,16 @@ def preflight(grid: Grid) -> None:
                     models.check_available(name)
                 except models.ModelError as err:
                     problems.append(f"{cell.name}: {err}")
+        if cell.stage == "generate" and cfg.backend == "replay":
+            try:
+                released.ensure_file(teachers.replay_file(cfg).name)
+            except data.DataError as err:
+                problems.append(f"{cell.name}: {err}")
+        if cell.stage == "generate" and cfg.backend == "openai":
+            try:
+                api_key(cfg.api.api_key_env)
+            except ApiError as err:
+                problems.append(f"{cell.name}: {err}")
         if cell.stage == "sft" and ("method", cfg.method) not in seen:
             seen.add(("method", cfg.method))
             try:

@@ -3,6 +3,7 @@ dataset x teacher x level x format, and its rows with their gold answers."""
 
 from __future__ import annotations
 
+import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,7 @@ def release_dir() -> Path:
 
 def find_file(name: str) -> Path:
     """The local copy of a release file, or a clear error naming it and where to get it."""
-    base = re.sub(r"\.gz$", "", name)
+    base = re.sub(r"(\.json)?(\.gz)?$", "", name) + ".json"
     for cand in (release_dir() / base, release_dir() / f"{base}.gz"):
         if cand.exists():
             return cand
@@ -70,6 +71,58 @@ def find_file(name: str) -> Path:
         f"released file {base!r} is not in {release_dir()}: download it from {RELEASE_URL}/{base} "
         f"into that folder (or set COTLIB_DATA_DIR to a folder whose paper_sft/ holds it)"
     )
+
+
+_CATALOG = Path(__file__).resolve().parent / "data" / "release_files.csv"
+
+
+def catalog() -> list[ReleasedFile]:
+    """Every SFT file of the release (its dataset_info.json), whether or not a copy is at hand."""
+    with open(_CATALOG, newline="") as fh:
+        return [ReleasedFile(r["file"].removesuffix(".json"), r["dataset"], r["teacher"],
+                             int(r["level"]) if r["level"] else None, r["format"], r["response"])
+                for r in csv.DictReader(fh)]
+
+
+def checksum(name: str) -> str | None:
+    """The sha256 of a release file's JSON text, where it is known."""
+    with open(_CATALOG, newline="") as fh:
+        for r in csv.DictReader(fh):
+            if r["file"] in (name, f"{name}.json") and r["sha256"]:
+                return r["sha256"]
+    return None
+
+
+def download(name: str, dest: Path | None = None) -> Path:
+    """Fetch a release file at the pinned commit and check it against the catalog's checksum."""
+    import hashlib
+    import urllib.request
+
+    base = re.sub(r"(\.json)?(\.gz)?$", "", name) + ".json"
+    dest = dest or release_dir() / base
+    url = f"https://raw.githubusercontent.com/{RELEASE_REPO}/{RELEASE_COMMIT}/data/{base}"
+    with urllib.request.urlopen(url, timeout=120) as resp:
+        blob = resp.read()
+    want = checksum(base)
+    got = hashlib.sha256(blob).hexdigest()
+    if want and got != want:
+        raise data.DataError(f"{url}: sha256 {got} does not match the catalog's {want}; not saved")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(blob)
+    return dest
+
+
+def ensure_file(name: str) -> Path:
+    """The local copy, downloading it (checksum-verified) when it is missing; a clear error otherwise."""
+    try:
+        return find_file(name)
+    except data.DataError as missing:
+        try:
+            return download(name)
+        except data.DataError:
+            raise
+        except OSError as err:
+            raise data.DataError(f"{missing} (download failed: {err})") from None
 
 
 def local_files() -> list[ReleasedFile]:
@@ -81,13 +134,13 @@ def local_files() -> list[ReleasedFile]:
     return out
 
 
-def _norm_q(q: str) -> str:
+def norm_question(q: str) -> str:
     return " ".join(q.split())
 
 
 def load_rows(f: ReleasedFile) -> list[dict]:
     """Rows {question, text, gold, answer_type, choices} with gold answers aligned by question text."""
-    rows = data._read_json_any(find_file(f.name))
+    rows = data._read_json_any(ensure_file(f.name))
     kind = data.ANSWER_TYPES[f.dataset]
     if f.dataset == "math":
         return [{"question": r["problem"], "text": str(r.get(f.response, "")), "gold": data.math_gold(r),
@@ -97,10 +150,10 @@ def load_rows(f: ReleasedFile) -> list[dict]:
     if f.dataset == "strategyqa":  # the human file also holds the 290 test questions
         golds = golds + data.load_examples(f.dataset, "test", source="local")
     for ex in golds:
-        gold_by_q.setdefault(_norm_q(ex.question), ex)
+        gold_by_q.setdefault(norm_question(ex.question), ex)
     out = []
     for r in rows:
-        ex = gold_by_q.get(_norm_q(r["instruction"]))
+        ex = gold_by_q.get(norm_question(r["instruction"]))
         if ex is None:
             continue
         out.append({"question": r["instruction"], "text": str(r.get(f.response, "")), "gold": ex.answer,

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import cells, data, models, prompts
+from . import cells, data, models, prompts, released
+from .api import ApiSettings, run_requests
 from .config import GenerateConfig
-from .files import append_jsonl, iter_jsonl, write_jsonl
+from .files import append_jsonl, atomic_write_json, iter_jsonl, write_jsonl
 from .generation import generate
 from .grading import grade
 
@@ -30,8 +32,17 @@ def count_steps(cot: str) -> int:
     return max(1, len([s for s in re.split(r"(?<=[.!?])\s+", body) if s.strip()])) if body else 0
 
 
-def _done_ids(path: Path) -> set[str]:
-    return {r["id"] for r in iter_jsonl(path)} if path.exists() else set()
+def _finished(path: Path) -> set[str]:
+    """Ids already answered (ok or filtered); failed rows are tried again on a rerun."""
+    latest: dict[str, dict] = {}
+    if path.exists():
+        for r in iter_jsonl(path):
+            latest[r["id"]] = r
+    return {i for i, r in latest.items() if r["status"] != "failed"}
+
+
+def _messages(cfg: GenerateConfig, ex: data.Example) -> list[dict[str, str]]:
+    return prompts.teacher_messages(ex.question, cfg.level or 3, cfg.format)
 
 
 def _transformers_replies(cfg: GenerateConfig, todo: list[data.Example]) -> Iterator[tuple[data.Example, dict[str, Any]]]:
@@ -41,25 +52,91 @@ def _transformers_replies(cfg: GenerateConfig, todo: list[data.Example]) -> Iter
     chunk = cfg.batch_size * 4
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
-        texts = [tok.apply_chat_template(prompts.teacher_messages(ex.question, cfg.level, cfg.format),
-                                         tokenize=False, add_generation_prompt=True) for ex in part]
+        texts = [tok.apply_chat_template(_messages(cfg, ex), tokenize=False, add_generation_prompt=True) for ex in part]
         gens = generate(model, tok, texts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                         temperature=cfg.temperature, seed=cfg.seed, desc=f"teacher L{cfg.level}")
         for ex, g in zip(part, gens):
             yield ex, {"cot": g.text, "new_tokens": g.new_tokens, "hit_limit": g.hit_limit}
 
 
+def _vllm_replies(cfg: GenerateConfig, todo: list[data.Example]) -> Iterator[tuple[data.Example, dict[str, Any]]]:
+    """vLLM offline batched generation (the optional `gpu` extra)."""
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError:
+        raise RuntimeError("backend 'vllm' needs vllm and a GPU: pip install 'cotlib[gpu]'") from None
+    llm = LLM(model=models.resolve_path(cfg.teacher), seed=cfg.seed)
+    params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    outs = llm.chat([_messages(cfg, ex) for ex in todo], params, use_tqdm=True)
+    for ex, o in zip(todo, outs):
+        c = o.outputs[0]
+        yield ex, {"cot": c.text, "new_tokens": len(c.token_ids), "hit_limit": c.finish_reason == "length"}
+
+
+def api_settings(cfg: GenerateConfig) -> ApiSettings:
+    spec = models.REGISTRY.get(cfg.teacher)
+    model = cfg.api.model or (spec.hub_id if spec else cfg.teacher)
+    return ApiSettings(base_url=cfg.api.base_url, model=model, api_key_env=cfg.api.api_key_env,
+                       concurrency=cfg.api.concurrency, requests_per_minute=cfg.api.requests_per_minute,
+                       max_retries=cfg.api.max_retries, timeout_s=cfg.api.timeout_s, temperature=cfg.temperature,
+                       max_tokens=cfg.max_new_tokens, seed=cfg.seed)
+
+
+def _run_api(cfg: GenerateConfig, todo: list[data.Example], records: Path) -> dict[str, int]:
+    by_id = {ex.id: ex for ex in todo}
+
+    def save(item_id: str, result: dict[str, Any]) -> None:
+        ex = by_id[item_id]
+        if result["ok"]:
+            reply = {"cot": result["text"], "new_tokens": result.get("completion_tokens"),
+                     "hit_limit": result.get("finish_reason") == "length"}
+            append_jsonl(records, _row(ex, reply, cfg) | {"attempts": result.get("attempts"), "cached": result["cached"]})
+        else:
+            append_jsonl(records, _failed_row(ex, result["reason"]) | {"attempts": result.get("attempts")})
+
+    return run_requests(api_settings(cfg), [(ex.id, _messages(cfg, ex)) for ex in todo], save)
+
+
+def replay_file(cfg: GenerateConfig) -> released.ReleasedFile:
+    """The paper's released file for this dataset x teacher x level x format."""
+    want = (cfg.dataset, cfg.teacher, cfg.level if cfg.teacher not in ("human", "answer-only") else None,
+            cfg.format if cfg.teacher not in ("human", "answer-only") else None)
+    for f in released.catalog():
+        fmt = f.format if f.teacher not in ("human", "answer-only") else None
+        if (f.dataset, f.teacher, f.level, fmt) == want:
+            return f
+    raise data.DataError(f"the paper released no {cfg.teacher} set for {cfg.dataset} at level {cfg.level} "
+                         f"in format {cfg.format!r} (see cotlib/data/release_files.csv)")
+
+
+def _replay_replies(cfg: GenerateConfig, todo: list[data.Example]) -> Iterator[tuple[data.Example, dict[str, Any]]]:
+    f = replay_file(cfg)
+    texts = {released.norm_question(r["question"]): r["text"] for r in released.load_rows(f)}
+    for ex in todo:
+        text = texts.get(released.norm_question(ex.question))
+        yield ex, ({"cot": text, "new_tokens": None, "hit_limit": False} if text is not None
+                   else {"error": f"question not in the released file {f.name}"})
+
+
+def _failed_row(ex: data.Example, reason: str) -> dict[str, Any]:
+    return {"id": ex.id, "question": ex.question, "gold": ex.answer, "answer_type": ex.answer_type, "cot": None,
+            "teacher_answer": None, "teacher_correct": False, "format_followed": False, "new_tokens": None,
+            "hit_limit": False, "steps": 0, "words": 0, "status": "failed", "reason": reason}
+
+
 def _row(ex: data.Example, reply: dict[str, Any], cfg: GenerateConfig) -> dict[str, Any]:
+    if "error" in reply:
+        return _failed_row(ex, reply["error"])
     cot = reply["cot"].strip()
     g = grade(cot, ex.answer, ex.answer_type, ex.choices)
     if not cot:
         status, reason = "failed", "empty reply"
-    elif cfg.filter == "keep_correct" and not g.strict_correct:
+    elif cfg.filter == "keep_correct" and not g.correct:
         status, reason = "filtered", "answer line missing or disagrees with gold"
     else:
         status, reason = "ok", None
     return {"id": ex.id, "question": ex.question, "gold": ex.answer, "answer_type": ex.answer_type,
-            "cot": cot, "teacher_answer": g.extracted, "teacher_correct": g.strict_correct,
+            "cot": cot, "teacher_answer": g.extracted, "teacher_correct": g.correct,
             "format_followed": g.format_followed, "new_tokens": reply["new_tokens"],
             "hit_limit": reply["hit_limit"], "steps": count_steps(cot), "words": len(cot.split()),
             "status": status, "reason": reason}
@@ -77,26 +154,48 @@ def run_generate(cfg: GenerateConfig, cell_dir: str | Path) -> dict[str, Any]:
     """Generate (or resume) the teacher CoTs of one cell; write records.jsonl and sft.jsonl."""
     cell_dir = Path(cell_dir)
     examples = data.load_examples(cfg.dataset, cfg.split, cfg.n_examples, source=cfg.source)
-    cells.start(cell_dir, STAGE, cfg)
+    inputs = {"release": released.ensure_file(replay_file(cfg).name)} if cfg.backend == "replay" else None
+    cells.start(cell_dir, STAGE, cfg, inputs=inputs)
     records = cell_dir / "records.jsonl"
-    done = _done_ids(records)
+    done = _finished(records)
     todo = [ex for ex in examples if ex.id not in done]
-    if todo:
-        for ex, reply in _transformers_replies(cfg, todo):
+    requests: dict[str, int] = {}
+    if todo and cfg.backend == "openai":
+        requests = _run_api(cfg, todo, records)
+    elif todo:
+        replies = {"transformers": _transformers_replies, "vllm": _vllm_replies, "replay": _replay_replies}[cfg.backend]
+        for ex, reply in replies(cfg, todo):
             append_jsonl(records, _row(ex, reply, cfg))
     wanted = {ex.id for ex in examples}
-    rows = [r for r in iter_jsonl(records) if r["id"] in wanted]
+    latest = {r["id"]: r for r in iter_jsonl(records) if r["id"] in wanted}
+    rows = [latest[ex.id] for ex in examples if ex.id in latest]
     kept = [r for r in rows if r["status"] == "ok"]
+    export_llamafactory(cell_dir, cfg, kept)
     write_jsonl(cell_dir / "sft.jsonl", ({"id": r["id"], "question": r["question"], "completion": completion_for(r)} for r in kept))
+    answered = [r for r in rows if r["status"] != "failed"]
+    tokens = [r["new_tokens"] for r in answered if r["new_tokens"] is not None]
     return {
+        "backend": cfg.backend, "requests": requests,
         "n_examples": len(rows),
         "kept": len(kept),
         "filtered": sum(r["status"] == "filtered" for r in rows),
         "failed": sum(r["status"] == "failed" for r in rows),
-        "teacher_accuracy": sum(r["teacher_correct"] for r in rows) / max(1, len(rows)),
-        "format_followed": sum(r["format_followed"] for r in rows) / max(1, len(rows)),
-        "mean_cot_tokens": statistics.fmean(r["new_tokens"] for r in rows) if rows else 0.0,
-        "mean_cot_words": statistics.fmean(r["words"] for r in rows) if rows else 0.0,
-        "mean_steps": statistics.fmean(r["steps"] for r in rows) if rows else 0.0,
-        "hit_limit": sum(r["hit_limit"] for r in rows),
+        "failure_reasons": dict(Counter(r["reason"] for r in rows if r["status"] == "failed")),
+        "teacher_accuracy": sum(r["teacher_correct"] for r in answered) / max(1, len(answered)),
+        "format_followed": sum(r["format_followed"] for r in answered) / max(1, len(answered)),
+        "mean_cot_tokens": statistics.fmean(tokens) if tokens else None,
+        "mean_cot_words": statistics.fmean(r["words"] for r in answered) if answered else 0.0,
+        "mean_steps": statistics.fmean(r["steps"] for r in answered) if answered else 0.0,
+        "hit_limit": sum(r["hit_limit"] for r in answered),
     }
+
+
+def export_llamafactory(cell_dir: Path, cfg: GenerateConfig, kept: list[dict[str, Any]]) -> Path:
+    """The kept set as the paper's own tool reads it: an Alpaca-style file and a dataset_info.json."""
+    name = cfg.slug().replace("__", "_")
+    out = cell_dir / "llamafactory"
+    rows = [{"instruction": r["question"], "output": completion_for(r)} for r in kept]
+    atomic_write_json(out / f"{name}.json", rows)
+    atomic_write_json(out / "dataset_info.json", {name: {"file_name": f"{name}.json",
+                                                         "columns": {"prompt": "instruction", "response": "output"}}})
+    return out

@@ -1,0 +1,159 @@
+"""Teacher requests to an OpenAI-compatible chat API (OpenAI, Gemini's OpenAI endpoint, a vLLM or
+llama.cpp server): bounded concurrency, a request-rate limit, retries with backoff on 429, 5xx,
+timeouts and dropped connections, and a response cache. The API key is read from the environment
+variable the config names; it is never a parameter and never written anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .cache import ResponseCache
+
+
+class ApiError(RuntimeError):
+    """The API cannot be used as configured (e.g. the key variable is unset)."""
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    base_url: str | None
+    model: str
+    api_key_env: str | None
+    concurrency: int
+    requests_per_minute: float | None
+    max_retries: int
+    timeout_s: float
+    temperature: float
+    max_tokens: int
+    seed: int | None
+
+
+def api_key(env: str | None) -> str:
+    """The key from the named environment variable; local servers need none."""
+    if env is None:
+        return "EMPTY"
+    key = os.environ.get(env)
+    if not key:
+        raise ApiError(f"the API key variable {env} is not set: export {env}=... before running "
+                       f"(or set api_key_env: null for a local server that needs no key)")
+    return key
+
+
+class RateLimiter:
+    """Spaces request starts to at most `per_minute` (a small hand-written limiter: one asyncio lock)."""
+
+    def __init__(self, per_minute: float | None):
+        self.interval = 60.0 / per_minute if per_minute else 0.0
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            delay = self._next - now
+            self._next = max(now, self._next) + self.interval
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+def _retryable(exc: BaseException) -> bool:
+    import openai
+
+    if isinstance(exc, (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)):
+        return True  # APITimeoutError is an APIConnectionError
+    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
+
+
+def _describe(exc: BaseException) -> str:
+    status = getattr(exc, "status_code", None)
+    return f"{type(exc).__name__}{f' {status}' if status else ''}: {str(exc)[:200]}"
+
+
+def request_for(settings: ApiSettings, messages: list[dict[str, str]]) -> dict[str, Any]:
+    """What identifies a request in the cache: model, messages and sampling (not the URL or key)."""
+    return {"model": settings.model, "messages": messages, "temperature": settings.temperature,
+            "max_tokens": settings.max_tokens, "seed": settings.seed}
+
+
+async def _one(client, settings: ApiSettings, request: dict[str, Any], limiter: RateLimiter,
+               sem: asyncio.Semaphore) -> dict[str, Any]:
+    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+    attempts = 0
+    async with sem:
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_retryable), stop=stop_after_attempt(settings.max_retries + 1),
+                wait=wait_random_exponential(multiplier=0.5, max=30), reraise=True,
+            ):
+                with attempt:
+                    attempts += 1
+                    await limiter.wait()
+                    resp = await client.chat.completions.create(**{k: v for k, v in request.items() if v is not None})
+        except Exception as exc:  # recorded per row: a failed request never stops the run
+            return {"ok": False, "reason": _describe(exc), "attempts": attempts}
+    try:
+        text = resp.choices[0].message.content
+        if not isinstance(text, str):
+            raise TypeError("no text content in the reply")
+    except (AttributeError, IndexError, TypeError) as exc:
+        return {"ok": False, "reason": f"malformed reply: {exc}", "attempts": attempts}
+    usage = getattr(resp, "usage", None)
+    return {"ok": True, "text": text, "attempts": attempts,
+            "completion_tokens": getattr(usage, "completion_tokens", None),
+            "finish_reason": resp.choices[0].finish_reason}
+
+
+async def _run_all(settings: ApiSettings, items: Sequence[tuple[str, list[dict[str, str]]]], cache: ResponseCache,
+                   on_result: Callable[[str, dict[str, Any]], None]) -> dict[str, int]:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=settings.base_url, api_key=api_key(settings.api_key_env),
+                                max_retries=0, timeout=settings.timeout_s)
+    sem, limiter = asyncio.Semaphore(settings.concurrency), RateLimiter(settings.requests_per_minute)
+    counts = {"cached": 0, "sent": 0, "failed": 0}
+
+    async def handle(item_id: str, messages: list[dict[str, str]]) -> None:
+        request = request_for(settings, messages)
+        hit = cache.get(request)
+        if hit is not None:
+            counts["cached"] += 1
+            on_result(item_id, {**hit, "cached": True})
+            return
+        result = await _one(client, settings, request, limiter, sem)
+        counts["sent"] += 1
+        if result["ok"]:
+            cache.put(request, result)
+        else:
+            counts["failed"] += 1
+        on_result(item_id, {**result, "cached": False})
+
+    tasks: list[Awaitable[None]] = [handle(i, m) for i, m in items]
+    try:
+        for fut in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc=f"api {settings.model}", leave=False):
+            await fut
+    finally:
+        await client.close()
+    return counts
+
+
+def run_requests(settings: ApiSettings, items: Sequence[tuple[str, list[dict[str, str]]]],
+                 on_result: Callable[[str, dict[str, Any]], None], cache: ResponseCache | None = None) -> dict[str, int]:
+    """Send every (id, messages) item; `on_result` sees each result as it arrives (save it there).
+
+    Runs its own event loop in a worker thread, so it works inside a Jupyter kernel's running loop.
+    """
+    api_key(settings.api_key_env)  # fail before any request if the key is missing
+    cache = cache or ResponseCache()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, _run_all(settings, items, cache, on_result)).result()

@@ -1,0 +1,32 @@
+"""A content-addressed response cache: the same request (model, messages, sampling) is never paid
+for twice, across cells, grids and reruns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .files import atomic_write_json, canonical_hash
+from .models import cache_dir
+
+
+def request_key(request: dict[str, Any]) -> str:
+    return canonical_hash(request, length=64)
+
+
+class ResponseCache:
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root else cache_dir() / "responses"
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._path(request_key(request)).read_text(encoding="utf-8"))["response"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+
+    def put(self, request: dict[str, Any], response: dict[str, Any]) -> None:
+        atomic_write_json(self._path(request_key(request)), {"request": request, "response": response})
