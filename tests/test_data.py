@@ -72,3 +72,21 @@ def test_missing_local_file_names_file_and_fix(tmp_path, monkeypatch):
         data.load_examples("gsm8k", source="local")
     with pytest.raises(data.DataError, match=r"'math'.*paper_sft/math_human.json"):
         data.load_examples("math", "train", source="local")
+
+
+def test_file_with_wrong_fields_names_dataset_file_and_fields(tmp_path, monkeypatch):
+    monkeypatch.setenv("COTLIB_DATA_DIR", str(tmp_path))
+    bad = tmp_path / "testsets" / "gsm8k" / "test.jsonl"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"problem": "1+1?", "solution": "2"}\n')
+    with pytest.raises(data.DataError, match=r"'gsm8k'.*test.jsonl rows lack fields \['question', 'answer'\]"):
+        data.load_examples("gsm8k", source="local")
+
+
+def test_empty_split_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("COTLIB_DATA_DIR", str(tmp_path))
+    empty = tmp_path / "testsets" / "strategyqa" / "strategyQA_test.json"
+    empty.parent.mkdir(parents=True)
+    empty.write_text("[]")
+    with pytest.raises(data.DataError, match=r"'strategyqa' split 'test' is empty"):
+        data.load_examples("strategyqa", source="local")
