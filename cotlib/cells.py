@@ -4,6 +4,7 @@ written last and atomically; its presence with a matching config hash means "don
 from __future__ import annotations
 
 import datetime as dt
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -49,14 +50,17 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def _device() -> dict[str, Any]:
+def device_info() -> dict[str, Any]:
+    """The device this process computes on; with CUDA, which GPUs it was given (Ray sets CUDA_VISIBLE_DEVICES)."""
     try:
         import torch
     except ImportError:
         return {"type": "cpu"}
     if torch.cuda.is_available():
-        return {"type": "cuda", "name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count()}
-    return {"type": "cpu", "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()}
+        return {"type": "cuda", "name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
+                "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "host": platform.node()}
+    return {"type": "cpu", "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
+            "host": platform.node()}
 
 
 def write_config(cell_dir: str | Path, stage: str, cfg: BaseModel) -> None:
@@ -75,7 +79,7 @@ def start(cell_dir: str | Path, stage: str, cfg: BaseModel, inputs: dict[str, st
         "git": _git(),
         "packages": _versions(),
         "python": platform.python_version(),
-        "device": _device(),
+        "device": device_info(),
         "seed": getattr(cfg, "seed", None),
         "inputs": {k: {"path": str(v), "sha256": file_sha256(v)} for k, v in (inputs or {}).items()},
     }

@@ -20,9 +20,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
             total = by_stage[(stage, True)] + by_stage[(stage, False)]
             if total:
                 print(f"{stage:9s} {total:4d} cells, {by_stage[(stage, True)]} done, {by_stage[(stage, False)]} to run")
+        print(runner.format_estimate(runner.estimate(g, states)))
         print(f"outputs: {g.output_root}")
         return 0
-    states = runner.run(g)
+    if args.executor == "ray":
+        from . import ray_executor
+
+        states = ray_executor.run(g, address=args.ray_address)
+    else:
+        states = runner.run(g)
     failed = [s for s in states if s.state in ("failed", "blocked")]
     print(runner.format_status(states))
     table = results.collect(g.output_root)
@@ -60,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run every unfinished cell of a grid")
     r.add_argument("grid")
-    r.add_argument("--dry-run", action="store_true", help="validate and count cells; run nothing")
+    r.add_argument("--dry-run", action="store_true", help="validate, count cells and estimate GPU-hours; run nothing")
+    r.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: one cell after another in this process (default); ray: one Ray task per cell")
+    r.add_argument("--ray-address", default=None, help="a Ray cluster to use (default: start a local instance)")
     r.set_defaults(func=_cmd_run)
     s = sub.add_parser("status", help="show each cell's state")
     s.add_argument("grid")

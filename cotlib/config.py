@@ -96,13 +96,22 @@ class GenerateConfig(_Strict):
         return f"{self.dataset}__{self.teacher.replace('/', '-')}__{level}__{self.format}"
 
 
+# Per-method defaults. `full` is the paper's LLaMA-Factory setup (lr 5e-5, 3 epochs, cosine, total
+# batch 64, cutoff 4096, seed 100); `qlora` (the single-GPU default) and `lora` are our deviation.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "full": {"learning_rate": 5e-5, "epochs": 3.0, "batch_size": 4, "grad_accum": 16, "max_length": 4096},
+    "qlora": {"learning_rate": 2e-4, "epochs": 3.0, "batch_size": 16, "grad_accum": 4, "max_length": 4096},
+    "lora": {"learning_rate": 2e-4, "epochs": 3.0, "batch_size": 8, "grad_accum": 1, "max_length": 1024},
+}
+
+
 class SftConfig(_Strict):
-    """One student fine-tuned on one generated set."""
+    """One student fine-tuned on one generated set; unset training keys take the method's defaults."""
 
     generate_cell: str
     student: str = models.EMBEDDED
     method: Literal["lora", "qlora", "full"] = "lora"
-    epochs: float = Field(2.0, gt=0)
+    epochs: float = Field(3.0, gt=0)
     max_steps: int = -1
     learning_rate: float = Field(2e-4, gt=0)
     batch_size: int = Field(8, ge=1)
@@ -110,11 +119,30 @@ class SftConfig(_Strict):
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    max_length: int = Field(512, ge=16)
+    max_length: int = Field(1024, ge=16)
     too_long: Literal["drop", "error"] = "drop"  # never truncate an answer silently
     merge: bool = False  # also save the LoRA-merged model (for engines without adapter support)
+    num_gpus: int = Field(1, ge=1)  # >1: the cell launches `accelerate launch` with that many processes
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    padding_free: bool = False  # needs flash_attention_2
+    gradient_checkpointing: bool = True
     save_steps: int = Field(50, ge=1)
     seed: int = 100
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            method = values.get("method", "lora")
+            values = {**METHOD_DEFAULTS.get(method, {}), **values}
+        return values
+
+    @model_validator(mode="after")
+    def _padding_free_needs_flash(self) -> SftConfig:
+        if self.padding_free and self.attn_implementation != "flash_attention_2":
+            raise ValueError("padding_free: needs attn_implementation: flash_attention_2 (other kernels would "
+                             "attend across the packed examples)")
+        return self
 
     @field_validator("student")
     @classmethod
@@ -289,22 +317,29 @@ def expand(raw: dict[str, Any], path: Path, project_root: Path | None = None) ->
     cells += sft_cells
 
     eval_cells = []
+    train_dataset = {s.name: g.config.dataset for s in sft_cells for g in gen_cells if g.name == s.config.generate_cell}
     for combo in _section(path, "evaluate", top.evaluate):
         include_base = combo.pop("include_base", True)
         if not isinstance(include_base, bool):
             raise GridError(f"{path}: evaluate.include_base: must be true or false")
         explicit_student = combo.pop("student", None)
-        students = [explicit_student] if explicit_student else []
+        same_dataset = "dataset" not in combo  # no dataset: test each student on the dataset it trained on
+        if same_dataset and not sft_cells:
+            raise GridError(f"{path}: evaluate.dataset: required when the grid trains no student")
+        trained = [s for s in sft_cells if not explicit_student or s.config.student == explicit_student]
         if include_base:
-            students = list(dict.fromkeys(students + [s.config.student for s in sft_cells]))
-            for student in students:
-                eval_cells.append(Cell("evaluate", _build(path, "evaluate", {**combo, "student": student})))
-        for s in sft_cells:
-            if explicit_student and s.config.student != explicit_student:
-                continue
-            cfg = _build(path, "evaluate", {**combo, "student": s.config.student, "sft_cell": s.name})
+            students = list(dict.fromkeys(([explicit_student] if explicit_student else []) + [s.config.student for s in sft_cells]))
+            if same_dataset:
+                pairs = list(dict.fromkeys((s.config.student, train_dataset[s.name]) for s in trained))
+            else:
+                pairs = [(st, combo["dataset"]) for st in students]
+            for student, ds in pairs:
+                eval_cells.append(Cell("evaluate", _build(path, "evaluate", {**combo, "student": student, "dataset": ds})))
+        for s in trained:
+            ds = train_dataset[s.name] if same_dataset else combo["dataset"]
+            cfg = _build(path, "evaluate", {**combo, "dataset": ds, "student": s.config.student, "sft_cell": s.name})
             eval_cells.append(Cell("evaluate", cfg, [s.name]))
-        if not students and not sft_cells:
+        if not include_base and not trained:
             raise GridError(f"{path}: evaluate: name a student, or add an sft section to evaluate")
     cells += eval_cells
 
@@ -334,15 +369,35 @@ def expand(raw: dict[str, Any], path: Path, project_root: Path | None = None) ->
 def load_grid(path: str | Path, project_root: Path | None = None) -> Grid:
     """Read, validate and expand a grid YAML file."""
     path = Path(path)
+    return expand(_read_with_extends(path), path.resolve(), project_root or find_project_root(path))
+
+
+def _read_with_extends(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A grid file with its `extends:` chain merged in: a stage section in the file overrides the
+    same keys of the base's section; other top-level keys replace the base's."""
     if not path.exists():
         raise GridError(f"grid file {path} not found")
+    if path.resolve() in seen:
+        raise GridError(f"{path}: `extends` loops back to itself")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise GridError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise GridError(f"{path}: the top level must be a mapping with a 'name' and stage sections")
-    return expand(raw, path.resolve(), project_root or find_project_root(path))
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    base = _read_with_extends(path.parent / base_name, (*seen, path.resolve()))
+    if "output_dir" in base and "output_dir" not in raw and not Path(base["output_dir"]).is_absolute():
+        raw["output_dir"] = base.pop("output_dir")  # relative to the project, whichever file named it
+    merged = dict(base)
+    for key, value in raw.items():
+        if key in STAGES and isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = {**base[key], **value}
+        else:
+            merged[key] = value
+    return merged
 
 
 def find_project_root(start: str | Path) -> Path:

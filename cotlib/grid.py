@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import cells
+from .files import atomic_write_json, read_json
 from .config import Cell, Grid, GridError
 
 
@@ -83,6 +84,7 @@ def execute_cell(grid: Grid, cell: Cell) -> None:
     d = cell_dir(grid, cell)
     d.mkdir(parents=True, exist_ok=True)
     cells.write_config(d, cell.stage, cell.config)
+    t0 = time.perf_counter()
     pm.execute_notebook(
         str(grid.notebooks[cell.stage]), str(d / "executed.ipynb"), parameters=_params(grid, cell),
         kernel_name=grid.kernel, cwd=str(grid.notebooks[cell.stage].parent), progress_bar=False,
@@ -90,6 +92,7 @@ def execute_cell(grid: Grid, cell: Cell) -> None:
     )
     if not cells.is_done(d, cell.stage, cell.config):
         raise RuntimeError("the notebook finished without writing metrics.json (did it call cells.finish?)")
+    atomic_write_json(d / "runtime.json", {"seconds": time.perf_counter() - t0, **cells.device_info()})
 
 
 def _error_summary(exc: BaseException) -> tuple[str, str]:
@@ -188,6 +191,41 @@ def run(grid: Grid, *, log: Callable[[str], None] = print, execute: Callable[[Gr
         bar.update()
     bar.close()
     return [final[c.name] for c in grid.cells]
+
+
+def estimate(grid: Grid, states: list[CellState] | None = None) -> dict[str, dict]:
+    """Hours still to run per stage, from the recorded time of finished cells of the same stage
+    (runtime.json): device-hours on the device they ran on."""
+    states = states or status(grid)
+    out: dict[str, dict] = {}
+    for stage in ("generate", "sft", "evaluate", "figures"):
+        done = [s for s in states if s.cell.stage == stage and s.state == "done"]
+        todo = [s for s in states if s.cell.stage == stage and s.state != "done"]
+        runs = [read_json(p) for s in done if (p := cell_dir(grid, s.cell) / "runtime.json").exists()]
+        if not todo:
+            continue
+        if not runs:
+            out[stage] = {"to_run": len(todo), "hours": None, "device": None}
+            continue
+        mean = sum(r["seconds"] for r in runs) / len(runs)
+        gpus = [getattr(s.cell.config, "num_gpus", 1) if stage == "sft" else 1 for s in todo]
+        devices = sorted({r.get("type", "cpu") for r in runs})
+        out[stage] = {"to_run": len(todo), "hours": mean * sum(gpus) / 3600, "device": "/".join(devices),
+                      "measured_cells": len(runs)}
+    return out
+
+
+def format_estimate(est: dict[str, dict]) -> str:
+    if not est:
+        return "nothing left to run"
+    lines = []
+    for stage, e in est.items():
+        if e["hours"] is None:
+            lines.append(f"{stage:9s} ~? hours (no finished {stage} cell has a recorded time yet)")
+        else:
+            unit = "GPU-hours" if "cuda" in e["device"] else "CPU-hours"
+            lines.append(f"{stage:9s} ~{e['hours']:.2f} {unit} (mean of {e['measured_cells']} finished cells)")
+    return "\n".join(lines)
 
 
 def format_status(states: list[CellState]) -> str:

@@ -57,3 +57,71 @@ def test_over_long_examples_are_refused_when_asked(tmp_path, embedded_model_dir)
     cfg = SftConfig(generate_cell=_gen_cell(tmp_path), max_steps=1, max_length=16, too_long="error")
     with pytest.raises(TrainError, match=r"6 of 6 examples exceed max_length=16"):
         run_sft(cfg, tmp_path / "sft" / "s")
+
+
+def test_prompt_tokens_are_masked_and_the_end_token_is_learned(tmp_path, embedded_model_dir):
+    from cotlib.config import template_for
+    from cotlib.train import build_dataset, make_trainer
+
+    cfg = SftConfig(generate_cell=_gen_cell(tmp_path), max_steps=1, max_length=128)
+    tok = models.load_tokenizer(cfg.student)
+    pairs, _ = build_dataset(cfg, [{"question": "What is 2 + 2?", "completion": "2 + 2 = 4.\nThe answer is 4"}], tok)
+    trainer = make_trainer(cfg, pairs, tok, tmp_path / "ckpt")
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    prompt_len = len(tok(template_for(cfg.student).render("What is 2 + 2?"), add_special_tokens=False)["input_ids"])
+    assert all(x == -100 for x in labels[:prompt_len])  # no loss on the prompt
+    trained = [t for t in labels if t != -100]
+    assert tok.decode(trained).startswith("2 + 2 = 4.")  # loss on the whole completion...
+    stop_id = tok.convert_tokens_to_ids(template_for(cfg.student).stop)
+    assert trained[-1] == stop_id and ids[-1] == stop_id  # ...through the end token, the stop token at evaluation
+
+
+def test_trained_student_stops_at_its_end_token(tmp_path, embedded_model_dir):
+    from cotlib.config import EvaluateConfig
+    from cotlib.evaluate import run_evaluate
+
+    gen = _gen_cell(tmp_path, n=8)
+    cfg = SftConfig(generate_cell=gen, max_steps=12, batch_size=4, learning_rate=2e-3, max_length=128)
+    run_sft(cfg, tmp_path / "sft" / "s")
+    rows = [{"question": f"What is {i} + {i}?"} for i in range(8)]
+    from cotlib.config import template_for
+    from cotlib.generation import generate
+
+    tok = models.load_tokenizer(cfg.student)
+    model = models.load_model(cfg.student, adapter=tmp_path / "sft" / "s" / "adapter")
+    t = template_for(cfg.student)
+    out = generate(model, tok, [t.render(r["question"]) for r in rows], max_new_tokens=60, stop=t.stop)
+    assert not any(g.hit_limit for g in out)  # every answer ended with the end token
+    assert sum(g.text.endswith(f"The answer is {2 * i}") for i, g in enumerate(out)) >= 6  # it learned the format
+
+
+_KILL_CHILD = """
+import sys
+from cotlib.config import SftConfig
+from cotlib.train import run_sft
+cfg = SftConfig(generate_cell="generate/g", max_steps=8, batch_size=2, save_steps=2, learning_rate=1e-3, max_length=128)
+run_sft(cfg, sys.argv[1])
+"""
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, embedded_model_dir):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _gen_cell(tmp_path, n=8)
+    cell = tmp_path / "sft" / "s"
+    child = subprocess.Popen([sys.executable, "-c", _KILL_CHILD, str(cell)])
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((cell / "checkpoints").glob("checkpoint-4")):
+        time.sleep(0.5)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert list((cell / "checkpoints").glob("checkpoint-*")) and not (cell / "adapter").exists()
+    cfg = SftConfig(generate_cell="generate/g", max_steps=8, batch_size=2, save_steps=2, learning_rate=1e-3, max_length=128)
+    m = run_sft(cfg, cell)
+    assert m["resumed"] and m["resumed_from_step"] >= 4 and m["steps"] == 8
+    steps = [h["step"] for h in json.loads((cell / "loss.json").read_text())]
+    assert steps == sorted(set(steps)) and steps[-1] == 8  # the loss curve continues; no step is done twice

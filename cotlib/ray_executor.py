@@ -1,0 +1,91 @@
+"""Run a grid's cells as Ray tasks: one task per cell, asking for the GPUs its stage needs, with the
+cell's upstream tasks as its arguments so Ray runs them in dependency order.
+
+`ray.init()` starts a local instance by default; an address (`ray://head:10001` or `auto`) scales
+out to a cluster whose workers have cotlib installed and see the same output folder. Done cells are
+skipped exactly as by the local executor, so killing the driver and running again finishes only
+what was missing. A task whose worker is lost is retried by Ray; a cell that fails in its notebook
+is recorded (error.json, executed.ipynb) and not retried.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import cells
+from .config import Cell, Grid
+from .grid import CellState, _error_summary, cell_dir, ensure_kernel, execute_cell, preflight, state_of
+
+DEFAULT_GPUS = {"generate": 1.0, "sft": 1.0, "evaluate": 0.25, "figures": 0.0}
+
+
+def gpus_for(cell: Cell, per_stage: dict[str, float], cluster_gpus: float) -> float:
+    """GPUs a cell's task asks for; none on a cluster without GPUs, none for API and replay teachers."""
+    if cluster_gpus <= 0:
+        return 0.0
+    if cell.stage == "generate" and getattr(cell.config, "backend", "") in ("openai", "replay"):
+        return 0.0
+    if cell.stage == "sft":
+        return float(getattr(cell.config, "num_gpus", 1)) * per_stage.get("sft", 1.0)
+    return per_stage.get(cell.stage, 0.0)
+
+
+def _run_cell(grid: Grid, cell: Cell, *upstream: dict[str, Any]) -> dict[str, Any]:
+    """Body of one Ray task: the same decisions as the local executor, then one papermill run."""
+    import os
+
+    bad = [u for u in upstream if u["state"] != "done"]
+    if (bad and not cell.soft_deps) or (cell.soft_deps and upstream and len(bad) == len(upstream)):
+        return {"cell": cell.name, "state": "blocked", "detail": "upstream not done: " + ", ".join(u["cell"] for u in bad)}
+    t0 = time.perf_counter()
+    try:
+        execute_cell(grid, cell)
+    except Exception as exc:  # recorded, like the local executor; Ray retries only lost workers
+        summary, tb = _error_summary(exc)
+        cells.record_error(cell_dir(grid, cell), summary, tb)
+        return {"cell": cell.name, "state": "failed", "detail": summary}
+    return {"cell": cell.name, "state": "done", "seconds": time.perf_counter() - t0,
+            "node": os.uname().nodename, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def run(grid: Grid, *, address: str | None = None, gpus: dict[str, float] | None = None,
+        log: Callable[[str], None] = print, max_retries: int = 3) -> list[CellState]:
+    import ray
+
+    preflight(grid)
+    ensure_kernel(grid.kernel)
+    grid.output_root.mkdir(parents=True, exist_ok=True)
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        per_stage = {**DEFAULT_GPUS, **(gpus or {})}
+        cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
+        task = ray.remote(_run_cell)
+        refs: dict[str, Any] = {}
+        for cell in grid.cells:  # grid.cells is in dependency order
+            st = state_of(grid, cell)
+            if st.state == "done":
+                refs[cell.name] = ray.put({"cell": cell.name, "state": "done"})
+                log(f"{cell.name}: done, skipped")
+                continue
+            opts = {"num_gpus": gpus_for(cell, per_stage, cluster_gpus), "num_cpus": 1,
+                    "max_retries": max_retries, "retry_exceptions": False, "name": cell.name}
+            refs[cell.name] = task.options(**opts).remote(grid, cell, *(refs[d] for d in cell.deps if d in refs))
+            log(f"{cell.name}: submitted ({opts['num_gpus']:g} GPU)")
+        by_name = grid.by_name()
+        final: dict[str, CellState] = {}
+        pending = {ref: name for name, ref in refs.items()}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            name = pending.pop(ready[0])
+            out = ray.get(ready[0])
+            final[name] = CellState(by_name[name], out["state"], out.get("detail", ""))
+            if out["state"] != "done" or "seconds" in out:
+                log(f"{name}: {out['state']}" + (f" in {out['seconds']:.0f}s on {out['node']}" if "seconds" in out else f" ({out.get('detail', '')})"))
+        return [final[c.name] for c in grid.cells]
+    finally:
+        if started_here:
+            ray.shutdown()
