@@ -31,7 +31,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         states = runner.run(g)
     failed = [s for s in states if s.state in ("failed", "blocked")]
     print(runner.format_status(states))
-    table = results.collect(g.output_root)
+    table = results.collect(g.output_root, _evaluate_cells(g))
     if not table.empty:
         results.write(table, g.output_root)
     if failed:
@@ -48,9 +48,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_cells(g) -> list[str]:
+    """The grid's own evaluate cells (cells of an older version of the grid stay out)."""
+    return [c.name for c in g.cells if c.stage == "evaluate"]
+
+
 def _cmd_results(args: argparse.Namespace) -> int:
     g = load_grid(args.grid)
-    table = results.collect(g.output_root)
+    table = results.collect(g.output_root, _evaluate_cells(g))
     if table.empty:
         print(f"no finished evaluate cells under {g.output_root}", file=sys.stderr)
         return 1

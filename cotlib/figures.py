@@ -94,7 +94,7 @@ def accuracy_vs_level(table: pd.DataFrame, paper: pd.DataFrame, out_dir: Path, f
         ax.set(title=ds, xlabel="granularity level", ylabel="accuracy (%)", xticks=range(1, 7), xlim=(0.5, 6.5))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6.5, loc="best")
-    fig.suptitle("Student accuracy vs. CoT granularity", fontsize=10)
+    fig.suptitle("Student accuracy vs. CoT granularity (solid: our cells; dotted: the paper, as quoted by a secondary source)", fontsize=9)
     return _save(fig, out_dir, "accuracy_vs_level", formats, pd.DataFrame(drawn))
 
 

@@ -152,9 +152,8 @@ def run(grid: Grid, *, log: Callable[[str], None] = print, execute: Callable[[Gr
     preflight(grid)
     ensure_kernel(grid.kernel)
     grid.output_root.mkdir(parents=True, exist_ok=True)
-    by_name = grid.by_name()
     final: dict[str, CellState] = {}
-    todo = [c for c in grid.cells]
+    todo = list(grid.cells)
     bar = tqdm(total=len(todo), desc=f"grid {grid.name}", unit="cell", file=sys.stderr)
     for i, cell in enumerate(todo, 1):
         st = state_of(grid, cell)

@@ -74,8 +74,15 @@ NOTEBOOKS = {
                  "cfg = FiguresConfig.model_validate(config)\n"
                  "metrics = cells.finish(cell_dir, figures.STAGE, cfg, figures.run_figures(cfg, cell_dir))\n"
                  "pd.Series(metrics)"),
-        ("code", 'display(Image(f"{cell_dir}/accuracy_vs_level.png"))\n'
-                 'pd.read_json(f"{cell_dir}/records.jsonl", lines=True)'),
+        ("md", "## Accuracy against granularity level\nOur cells (solid, 95% CI), the paper's reported values where known (dotted)."),
+        ("code", 'display(Image(f"{cell_dir}/accuracy_vs_level.png"))'),
+        ("md", "## Formats, teachers, and the paper's padding ablation"),
+        ("code", 'for name in ("format_comparison", "teacher_comparison", "paper_padding_ablation"):\n'
+                 '    display(Image(f"{cell_dir}/{name}.png"))'),
+        ("md", "## Our cells beside the paper's numbers\nEmpty `accuracy`: a paper value we have not reproduced yet."),
+        ("code", 'pd.read_csv(f"{cell_dir}/paper_vs_ours.csv")'),
+        ("md", "## The results table these figures read"),
+        ("code", 'pd.read_json(f"{cell_dir}/records.jsonl", lines=True)'),
     ],
 }
 

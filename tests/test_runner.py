@@ -107,6 +107,14 @@ def test_failed_cell_is_recorded_others_run_and_rerun_resumes(stub_grid, tmp_pro
     assert (fig / "accuracy_vs_level.png").stat().st_size > 10_000
     assert len(json.loads((fig / "metrics.json").read_text())["inputs"]) == 3  # base + levels 1 and 3
 
+    # the dry-run estimate: the still-missing cells times the recorded time of finished cells of their stage
+    est = runner.estimate(load_grid(stub_grid))
+    runtimes = [json.loads((g.output_root / c.name / "runtime.json").read_text())["seconds"]
+                for c in g.cells if c.stage == "generate" and c.name != failed[0].cell.name]
+    assert est["generate"]["to_run"] == 1 and est["generate"]["device"] == "cpu"
+    assert est["generate"]["hours"] == pytest.approx(sum(runtimes) / len(runtimes) / 3600)
+    assert est["sft"]["to_run"] == 1 and "figures" not in est
+
     # a rerun skips finished cells: only the failed cell (and what it blocked) runs again
     monkeypatch.setenv("FAIL_LEVELS", "")
     (tmp_project / "runs.log").unlink()

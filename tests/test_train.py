@@ -78,9 +78,6 @@ def test_prompt_tokens_are_masked_and_the_end_token_is_learned(tmp_path, embedde
 
 
 def test_trained_student_stops_at_its_end_token(tmp_path, embedded_model_dir):
-    from cotlib.config import EvaluateConfig
-    from cotlib.evaluate import run_evaluate
-
     gen = _gen_cell(tmp_path, n=8)
     cfg = SftConfig(generate_cell=gen, max_steps=12, batch_size=4, learning_rate=2e-3, max_length=128)
     run_sft(cfg, tmp_path / "sft" / "s")
@@ -125,3 +122,26 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, embedded_model_di
     assert m["resumed"] and m["resumed_from_step"] >= 4 and m["steps"] == 8
     steps = [h["step"] for h in json.loads((cell / "loss.json").read_text())]
     assert steps == sorted(set(steps)) and steps[-1] == 8  # the loss curve continues; no step is done twice
+
+
+def test_multi_gpu_runs_through_accelerate_launch(tmp_path, embedded_model_dir):
+    import subprocess
+    import sys
+
+    from cotlib.train import launch_command
+
+    cell = tmp_path / "sft" / "s"
+    cmd = launch_command(cell, 4, "bf16")
+    assert cmd[1:] == ["-m", "accelerate.commands.launch", "--num_processes", "4", "--num_machines", "1",
+                       "--mixed_precision", "bf16", "--dynamo_backend", "no", "-m", "cotlib.train", str(cell)]
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainError, match="num_gpus: 2 asked for, 0 visible"):
+            check_method("lora", num_gpus=2)
+    # the entry point every process runs, launched for real through accelerate (one CPU process here)
+    cfg = SftConfig(generate_cell=_gen_cell(tmp_path), max_steps=2, batch_size=2, max_length=128, num_gpus=2)
+    cells.write_config(cell, "sft", cfg)
+    cpu_cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu", "-m", "cotlib.train", str(cell)]
+    done = subprocess.run(cpu_cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    m = json.loads((cell / "train_metrics.json").read_text())
+    assert m["steps"] == 2 and m["num_gpus"] == 2 and (cell / "adapter" / "adapter_model.safetensors").exists()

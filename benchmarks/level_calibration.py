@@ -1,0 +1,65 @@
+"""Calibrate the granularity-level prompts: does our level k land in the released level k's length
+band, and do our levels keep the order 1 < ... < 6?
+
+The band of level k is the range of mean words per CoT over the paper's teachers' released files for
+that dataset and level (cotlib.released). Our teacher writes CoTs for the same training questions
+at every level, with any backend:
+
+    python benchmarks/level_calibration.py --backend transformers --teacher smollm2-135m --n 16
+    OPENAI_API_KEY=... python benchmarks/level_calibration.py --backend openai --teacher gpt-4o --n 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from cotlib import released, teachers
+from cotlib.config import GenerateConfig
+
+
+def released_bands(dataset: str) -> dict[int, tuple[float, float]]:
+    means: dict[int, list[float]] = {}
+    for f in released.local_files():
+        if f.dataset == dataset and f.level and f.format == "cot" and f.teacher not in ("human", "answer-only"):
+            rows = released.load_rows(f)
+            means.setdefault(f.level, []).append(statistics.fmean(len(r["text"].split()) for r in rows))
+    return {k: (min(v), max(v)) for k, v in sorted(means.items())}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--dataset", default="svamp")
+    p.add_argument("--backend", default="transformers", choices=["transformers", "openai", "vllm", "replay"])
+    p.add_argument("--teacher", default="smollm2-135m")
+    p.add_argument("--base-url", default=None)
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=320)
+    a = p.parse_args()
+    bands = released_bands(a.dataset)
+    ours: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for level in range(1, 7):
+            cfg = GenerateConfig.model_validate({
+                "dataset": a.dataset, "split": "train", "n_examples": a.n, "backend": a.backend, "teacher": a.teacher,
+                "level": level, "filter": "keep_all", "max_new_tokens": a.max_new_tokens,
+                **({"api": {"base_url": a.base_url}} if a.base_url else {})})
+            m = teachers.run_generate(cfg, Path(tmp) / "generate" / f"L{level}")
+            ours[level] = m["mean_cot_words"]
+    print(f"{a.dataset}: mean words per CoT, {a.teacher} ({a.backend}, {a.n} questions) vs. the released band")
+    inside = 0
+    for level in range(1, 7):
+        lo, hi = bands.get(level, (float("nan"), float("nan")))
+        ok = lo <= ours[level] <= hi
+        inside += ok
+        print(f"  L{level}: ours {ours[level]:6.1f}   released {lo:6.1f} .. {hi:6.1f}   {'in band' if ok else 'OUT'}")
+    ordered = all(ours[k] < ours[k + 1] for k in range(1, 6))
+    print(f"{inside}/6 levels in band; order 1 < ... < 6 {'kept' if ordered else 'NOT kept'}")
+    return 0 if inside == 6 and ordered else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
