@@ -126,6 +126,10 @@ class SftConfig(_Strict):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     padding_free: bool = False  # needs flash_attention_2
     gradient_checkpointing: bool = True
+    # The token each completion ends with, which the student learns and evaluation stops at. A base
+    # student never saw its template's end token (<|eot_id|>, <end_of_turn>) and LoRA leaves embedding
+    # rows untouched, so "auto" uses the tokenizer's EOS for LoRA/QLoRA on base models, else the template's.
+    end_token: Literal["auto", "template", "eos"] = "auto"
     save_steps: int = Field(50, ge=1)
     seed: int = 100
 
@@ -303,10 +307,10 @@ def expand(raw: dict[str, Any], path: Path, project_root: Path | None = None) ->
             msgs.append(f"{path}: {key}: {msg}")
         raise GridError("\n".join(msgs)) from None
     root = project_root or Path.cwd()
-    cells: list[Cell] = []
+    all_cells: list[Cell] = []
 
     gen_cells = [Cell("generate", _build(path, "generate", c)) for c in _section(path, "generate", top.generate)]
-    cells += gen_cells
+    all_cells += gen_cells
 
     sft_cells = []
     for combo in _section(path, "sft", top.sft):
@@ -314,7 +318,7 @@ def expand(raw: dict[str, Any], path: Path, project_root: Path | None = None) ->
             raise GridError(f"{path}: sft: needs a generate section to train on")
         for g in gen_cells:
             sft_cells.append(Cell("sft", _build(path, "sft", {**combo, "generate_cell": g.name}), [g.name]))
-    cells += sft_cells
+    all_cells += sft_cells
 
     eval_cells = []
     train_dataset = {s.name: g.config.dataset for s in sft_cells for g in gen_cells if g.name == s.config.generate_cell}
@@ -341,15 +345,15 @@ def expand(raw: dict[str, Any], path: Path, project_root: Path | None = None) ->
             eval_cells.append(Cell("evaluate", cfg, [s.name]))
         if not include_base and not trained:
             raise GridError(f"{path}: evaluate: name a student, or add an sft section to evaluate")
-    cells += eval_cells
+    all_cells += eval_cells
 
     if top.figures is not None:
         fig = _build(path, "figures", {**top.figures, "evaluate_cells": [c.name for c in eval_cells]})
-        cells.append(Cell("figures", fig, [c.name for c in eval_cells], soft_deps=True))
+        all_cells.append(Cell("figures", fig, [c.name for c in eval_cells], soft_deps=True))
 
-    if not cells:
+    if not all_cells:
         raise GridError(f"{path}: the grid has no stage sections (generate, sft, evaluate, figures)")
-    names = [c.name for c in cells]
+    names = [c.name for c in all_cells]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise GridError(f"{path}: the grid expands to duplicate cells: {sorted(dupes)}")
@@ -358,12 +362,12 @@ def expand(raw: dict[str, Any], path: Path, project_root: Path | None = None) ->
     for stage, nb in top.notebooks.items():
         p = Path(nb)
         notebooks[stage] = p if p.is_absolute() else (path.parent / p)
-    for stage in {c.stage for c in cells}:
+    for stage in {c.stage for c in all_cells}:
         if not notebooks[stage].exists():
             raise GridError(f"{path}: notebook for stage {stage!r} not found at {notebooks[stage]}")
     out = Path(top.output_dir)
     out = out if out.is_absolute() else root / out
-    return Grid(top.name, path, out / top.name, top.kernel, notebooks, cells)
+    return Grid(top.name, path, out / top.name, top.kernel, notebooks, all_cells)
 
 
 def load_grid(path: str | Path, project_root: Path | None = None) -> Grid:

@@ -60,6 +60,14 @@ def _student_weights(cfg: EvaluateConfig, cell_dir: Path) -> tuple[Path | None, 
     raise FileNotFoundError(f"no trained weights in {sft_dir} (adapter/ or model/): run the sft cell {cfg.sft_cell!r} first")
 
 
+def trained_stop_token(cfg: EvaluateConfig, cell_dir: Path) -> str | None:
+    """The end token the student was trained to emit (its sft cell's metrics), so evaluation stops there."""
+    if not cfg.sft_cell:
+        return None
+    m = cells.read_metrics(cells.grid_root(cell_dir) / cfg.sft_cell) or {}
+    return m.get("stop_token")
+
+
 def run_evaluate(cfg: EvaluateConfig, cell_dir: str | Path) -> dict[str, Any]:
     cell_dir = Path(cell_dir)
     examples = data.load_examples(cfg.dataset, cfg.split, cfg.n_examples, source=cfg.source)
@@ -73,9 +81,10 @@ def run_evaluate(cfg: EvaluateConfig, cell_dir: str | Path) -> dict[str, Any]:
         model = AutoModelForCausalLM.from_pretrained(full).to(models.device()).eval()
     else:
         model = models.load_model(cfg.student, adapter=adapter)
+    stop = trained_stop_token(cfg, cell_dir) or template.stop
     prompts_ = [template.render(ex.question) for ex in examples]
     gens = generate(model, tok, prompts_, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                    stop=template.stop, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, desc="evaluate")
+                    stop=stop, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, desc="evaluate")
     records = []
     for ex, prompt, g in zip(examples, prompts_, gens):
         gr = grade(g.text, ex.answer, ex.answer_type, ex.choices)
@@ -94,6 +103,6 @@ def run_evaluate(cfg: EvaluateConfig, cell_dir: str | Path) -> dict[str, Any]:
         "mean_output_tokens": statistics.fmean(lengths), "median_output_tokens": statistics.median(lengths),
         "hit_limit": sum(r["hit_limit"] for r in records),
         "decoding": {"do_sample": cfg.temperature > 0, "temperature": cfg.temperature, "top_p": cfg.top_p,
-                     "max_new_tokens": cfg.max_new_tokens, "stop": template.stop or tok.eos_token, "seed": cfg.seed},
+                     "max_new_tokens": cfg.max_new_tokens, "stop": stop or tok.eos_token, "seed": cfg.seed},
         "lineage": lineage(cfg, cell_dir),
     }

@@ -25,12 +25,13 @@ class ModelSpec:
     template: str  # key into prompts.TEMPLATES
     role: str  # "student", "teacher" or "both"
     api: bool = False  # reached through an OpenAI-compatible API, never loaded locally
+    instruct: bool = False  # chat-tuned: its template's end token is already a trained token
 
 
 REGISTRY: dict[str, ModelSpec] = {
     s.name: s
     for s in [
-        ModelSpec(EMBEDDED, "HuggingFaceTB/SmolLM2-135M-Instruct", "chatml", "both"),
+        ModelSpec(EMBEDDED, "HuggingFaceTB/SmolLM2-135M-Instruct", "chatml", "both", instruct=True),
         # the paper's students (base models, README links of the release)
         ModelSpec("llama-3.2-1b", "meta-llama/Llama-3.2-1B", "llama3", "student"),
         ModelSpec("llama-3.2-3b", "meta-llama/Llama-3.2-3B", "llama3", "student"),

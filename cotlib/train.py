@@ -52,7 +52,7 @@ def _train_file(cfg: SftConfig, cell_dir: Path) -> Path:
 def build_dataset(cfg: SftConfig, rows: list[dict], tokenizer) -> tuple[list[dict], int]:
     """Prompt-completion pairs in the student's template; over-long ones are dropped or refused."""
     template = template_for(cfg.student)
-    stop = template.stop or tokenizer.eos_token
+    stop = end_token(cfg, tokenizer.eos_token)[0]
     pairs, too_long = [], 0
     for r in rows:
         prompt, completion = template.render(r["question"]), r["completion"].strip() + stop
@@ -96,13 +96,26 @@ def _load_student(cfg: SftConfig):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if cfg.method == "full" else dtype, **kw)
 
 
+def end_token(cfg: SftConfig, eos_token: str) -> tuple[str, str]:
+    """The text every completion ends with (trained, and the stop token at evaluation), and why."""
+    stop = template_for(cfg.student).stop
+    if stop is None:
+        return eos_token, "the template has no end token of its own: the tokenizer's EOS"
+    base = not models.spec(cfg.student).instruct
+    use_eos = cfg.end_token == "eos" or (cfg.end_token == "auto" and base and cfg.method != "full")
+    if use_eos:
+        return eos_token, (f"the tokenizer's EOS instead of the template's {stop!r}: a base model never learned "
+                           f"{stop!r} and LoRA does not train embedding rows")
+    why = "full fine-tuning trains its embedding" if base else "already trained (instruct model)"
+    return stop, f"the template's {stop!r}: {why}"
+
+
 def make_trainer(cfg: SftConfig, pairs: list[dict], tokenizer, output_dir: Path):
     import torch
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    template = template_for(cfg.student)
     peft_config = None
     if cfg.method in ("lora", "qlora"):
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -114,7 +127,7 @@ def make_trainer(cfg: SftConfig, pairs: list[dict], tokenizer, output_dir: Path)
         learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0,
         max_grad_norm=1.0, logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
         report_to=[], seed=cfg.seed, data_seed=cfg.seed, max_length=cfg.max_length, completion_only_loss=True,
-        eos_token=template.stop or tokenizer.eos_token, padding_free=cfg.padding_free,
+        eos_token=end_token(cfg, tokenizer.eos_token)[0], padding_free=cfg.padding_free,
         gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=not torch.cuda.is_available(),
         bf16=prec == "bf16", fp16=prec == "fp16", dataloader_num_workers=0,
     )
@@ -168,7 +181,8 @@ def _train(cfg: SftConfig, cell_dir: Path, pairs: list[dict], too_long: int, tok
         "tokens_per_second": seen * sum(lengths) / len(lengths) / seconds if seconds > 0 else None,
         "peak_memory_mb": _peak_memory_mb(), "precision": precision(),
         "quantization": "nf4" if cfg.method == "qlora" else None, "num_gpus": cfg.num_gpus,
-        "stop_token": template_for(cfg.student).stop or tok.eos_token, "saved": out.name,
+        "stop_token": end_token(cfg, tok.eos_token)[0], "stop_strategy": end_token(cfg, tok.eos_token)[1],
+        "saved": out.name,
     }
 
 

@@ -79,3 +79,37 @@ def test_missing_and_malformed_grid_files(tmp_path, project_root):
     p.write_text("name: [unclosed\n")
     with pytest.raises(GridError, match="not valid YAML"):
         load_grid(p, project_root)
+
+
+def test_paper_grids_extend_the_base_and_test_on_the_training_dataset(project_root):
+    g = load_grid(project_root / "params" / "paper" / "granularity.yaml")
+    count = {s: sum(c.stage == s for c in g.cells) for s in ("generate", "sft", "evaluate", "figures")}
+    assert count == {"generate": 42, "sft": 294, "evaluate": 294 + 49, "figures": 1}  # 49: 7 base students x 7 datasets
+    by = g.by_name()
+    for c in g.cells:
+        if c.stage == "evaluate" and c.config.sft_cell:
+            gen = by[by[c.config.sft_cell].config.generate_cell]
+            assert c.config.dataset == gen.config.dataset
+    assert all(c.config.backend == "replay" and c.config.filter == "keep_all" for c in g.cells if c.stage == "generate")
+    fmt = load_grid(project_root / "params" / "paper" / "formats.yaml")
+    assert fmt.name == "paper-formats" and {c.config.format for c in fmt.cells if c.stage == "generate"} == {"cot", "bsm", "rar", "sym"}
+    assert {c.config.student for c in fmt.cells if c.stage == "sft"} == {"gemma-2b", "bloom-3b"}
+    assert {c.config.method for c in fmt.cells if c.stage == "sft"} == {"qlora"}  # inherited from the base
+
+
+def test_extends_loops_are_refused(tmp_path, project_root):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\nname: b\n")
+    with pytest.raises(GridError, match="loops back"):
+        load_grid(tmp_path / "a.yaml", project_root)
+
+
+def test_method_defaults_follow_the_paper_for_full_finetuning():
+    from cotlib.config import SftConfig
+
+    full = SftConfig(generate_cell="g", method="full")
+    assert (full.learning_rate, full.epochs, full.batch_size * full.grad_accum, full.max_length, full.seed) == (5e-5, 3.0, 64, 4096, 100)
+    q = SftConfig(generate_cell="g", method="qlora", learning_rate=1e-4)
+    assert q.learning_rate == 1e-4 and q.batch_size * q.grad_accum == 64  # an explicit key wins over the default
+    with pytest.raises(ValueError, match="padding_free: needs attn_implementation: flash_attention_2"):
+        SftConfig(generate_cell="g", padding_free=True)

@@ -39,6 +39,9 @@ def test_real_notebooks_run_the_whole_loop(tmp_project, embedded_model_dir):
     ev = json.loads((g.output_root / [c for c in g.cells if c.stage == "evaluate"][-1].name / "metrics.json").read_text())
     assert ev["n"] == 4 and 0 <= ev["ci95_low"] <= ev["accuracy"] <= ev["ci95_high"] <= 1
     assert ev["lineage"]["level"] == 5 and ev["lineage"]["method"] == "lora"
+    last_sft = [c for c in g.cells if c.stage == "sft"][-1]
+    sft = json.loads((g.output_root / last_sft.name / "metrics.json").read_text())
+    assert ev["decoding"]["stop"] == sft["stop_token"] == "<|im_end|>"  # evaluation stops at the trained end token
     fig = g.output_root / "figures"
     assert (fig / "accuracy_vs_level.png").stat().st_size > 10_000 and (fig / "accuracy_vs_level.pdf").exists()
     assert (g.output_root / "results.csv").exists() and (g.output_root / "results.parquet").exists()

@@ -50,15 +50,14 @@ def test_ray_runs_in_dependency_order_and_isolates_failures(stub_grid, tmp_proje
 
 def test_killed_driver_resumes_without_redoing_finished_cells(stub_grid, tmp_project, monkeypatch):  # noqa: F811
     g = load_grid(stub_grid)
-    env = {**os.environ, "SLOW_CELL_S": "0"}
-    child = subprocess.Popen([sys.executable, "-m", "cotlib.cli", "run", str(stub_grid), "--executor", "ray"], env=env,
+    child = subprocess.Popen([sys.executable, "-m", "cotlib.cli", "run", str(stub_grid), "--executor", "ray"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and len(_runs(tmp_project)) < 4:
         time.sleep(0.2)
     os.killpg(child.pid, signal.SIGKILL)  # the driver and the local Ray instance it started
     child.wait()
-    time.sleep(1)
+    time.sleep(5)  # a task already running when the driver died may still finish: count it as done
     done_before = {c.name for c in g.cells if (g.output_root / c.name / "metrics.json").exists()}
     assert 0 < len(done_before) < len(g.cells)
     (tmp_project / "runs.log").unlink()
@@ -67,5 +66,5 @@ def test_killed_driver_resumes_without_redoing_finished_cells(stub_grid, tmp_pro
     final = ray_executor.run(load_grid(stub_grid), log=lambda _: None)
     assert all(s.state == "done" for s in final)
     rerun = set(_order(g, tmp_project))
-    assert not rerun & done_before  # nothing finished was run again
-    assert rerun | done_before >= {c.name for c in g.cells if c.stage != "figures"}
+    assert rerun and not rerun & done_before  # nothing finished was run again
+    assert all((g.output_root / c.name / "metrics.json").exists() for c in g.cells)

@@ -112,7 +112,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, embedded_model_di
     cell = tmp_path / "sft" / "s"
     child = subprocess.Popen([sys.executable, "-c", _KILL_CHILD, str(cell)])
     deadline = time.time() + 300
-    while time.time() < deadline and not list((cell / "checkpoints").glob("checkpoint-4")):
+    while time.time() < deadline and not (cell / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
         time.sleep(0.5)
     child.send_signal(signal.SIGKILL)
     child.wait()
@@ -137,11 +137,28 @@ def test_multi_gpu_runs_through_accelerate_launch(tmp_path, embedded_model_dir):
     if not torch.cuda.is_available():
         with pytest.raises(TrainError, match="num_gpus: 2 asked for, 0 visible"):
             check_method("lora", num_gpus=2)
-    # the entry point every process runs, launched for real through accelerate (one CPU process here)
+    # the entry point every process runs, launched for real through accelerate (one process here)
     cfg = SftConfig(generate_cell=_gen_cell(tmp_path), max_steps=2, batch_size=2, max_length=128, num_gpus=2)
     cells.write_config(cell, "sft", cfg)
-    cpu_cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu", "-m", "cotlib.train", str(cell)]
-    done = subprocess.run(cpu_cmd, capture_output=True, text=True, timeout=600)
+    one = launch_command(cell, 1, "bf16" if torch.cuda.is_available() else "no")
+    if not torch.cuda.is_available():
+        one.insert(one.index("-m", 2), "--cpu")
+    done = subprocess.run(one, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     m = json.loads((cell / "train_metrics.json").read_text())
     assert m["steps"] == 2 and m["num_gpus"] == 2 and (cell / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("student,method,choice,expected", [
+    ("llama-3.2-1b", "lora", "auto", "EOS"),  # base model + LoRA: <|eot_id|> was never trained
+    ("llama-3.2-1b", "qlora", "auto", "EOS"),
+    ("llama-3.2-1b", "full", "auto", "<|eot_id|>"),  # full fine-tuning trains the template token
+    ("gemma-2b", "lora", "template", "<end_of_turn>"),  # an explicit choice wins
+    ("bloom-560m", "lora", "auto", "EOS"),  # alpaca has no end token of its own
+    ("smollm2-135m", "lora", "auto", "<|im_end|>"),  # instruct: its template token is trained
+])
+def test_end_token_strategy(student, method, choice, expected):
+    from cotlib.train import end_token
+
+    tok, why = end_token(SftConfig(generate_cell="g", student=student, method=method, end_token=choice), "EOS")
+    assert tok == expected and why
