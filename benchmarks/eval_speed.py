@@ -28,7 +28,7 @@ def main() -> int:
     try:
         examples = data.load_examples(a.dataset, "test", a.n)
     except data.DataError:
-        examples = data.load_examples("demo-arith", "test", a.n)
+        a.dataset, examples = "demo-arith", data.load_examples("demo-arith", "test", a.n)
     template = template_for(models.EMBEDDED)
     tok, model = models.load_tokenizer(models.EMBEDDED), models.load_model(models.EMBEDDED)
     prompts = [template.render(ex.question) for ex in examples]
@@ -43,7 +43,7 @@ def main() -> int:
 
     tokens = sum(g.new_tokens for g in batched)
     same = sum(x.text == y.text for x, y in zip(single, batched))
-    print(f"{len(prompts)} {examples[0].id.split('-')[0]} questions, SmolLM2-135M, greedy, max {a.max_new_tokens} new tokens, "
+    print(f"{len(prompts)} {a.dataset} test questions, SmolLM2-135M, greedy, max {a.max_new_tokens} new tokens, "
           f"{torch.get_num_threads()} CPU threads")
     print(f"one at a time : {t_single:7.1f} s  {len(prompts) / t_single:6.2f} questions/s  {tokens / t_single:7.1f} tokens/s")
     print(f"batched ({a.batch_size:3d}) : {t_batched:7.1f} s  {len(prompts) / t_batched:6.2f} questions/s  {tokens / t_batched:7.1f} tokens/s")

@@ -32,13 +32,9 @@ def count_steps(cot: str) -> int:
     return max(1, len([s for s in re.split(r"(?<=[.!?])\s+", body) if s.strip()])) if body else 0
 
 
-def _finished(path: Path) -> set[str]:
-    """Ids already answered (ok or filtered); failed rows are tried again on a rerun."""
-    latest: dict[str, dict] = {}
-    if path.exists():
-        for r in iter_jsonl(path):
-            latest[r["id"]] = r
-    return {i for i, r in latest.items() if r["status"] != "failed"}
+def _latest(path: Path) -> dict[str, dict]:
+    """The last row written for each example id (a retried example has several)."""
+    return {r["id"]: r for r in iter_jsonl(path)} if path.exists() else {}
 
 
 def _messages(cfg: GenerateConfig, ex: data.Example) -> list[dict[str, str]]:
@@ -157,7 +153,7 @@ def run_generate(cfg: GenerateConfig, cell_dir: str | Path) -> dict[str, Any]:
     inputs = {"release": released.ensure_file(replay_file(cfg).name)} if cfg.backend == "replay" else None
     cells.start(cell_dir, STAGE, cfg, inputs=inputs)
     records = cell_dir / "records.jsonl"
-    done = _finished(records)
+    done = {i for i, r in _latest(records).items() if r["status"] != "failed"}  # failed rows are tried again
     todo = [ex for ex in examples if ex.id not in done]
     requests: dict[str, int] = {}
     if todo and cfg.backend == "openai":
@@ -166,8 +162,7 @@ def run_generate(cfg: GenerateConfig, cell_dir: str | Path) -> dict[str, Any]:
         replies = {"transformers": _transformers_replies, "vllm": _vllm_replies, "replay": _replay_replies}[cfg.backend]
         for ex, reply in replies(cfg, todo):
             append_jsonl(records, _row(ex, reply, cfg))
-    wanted = {ex.id for ex in examples}
-    latest = {r["id"]: r for r in iter_jsonl(records) if r["id"] in wanted}
+    latest = _latest(records)
     rows = [latest[ex.id] for ex in examples if ex.id in latest]
     kept = [r for r in rows if r["status"] == "ok"]
     export_llamafactory(cell_dir, cfg, kept)
