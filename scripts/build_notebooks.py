@@ -84,6 +84,45 @@ NOTEBOOKS = {
         ("md", "## The results table these figures read"),
         ("code", 'pd.read_json(f"{cell_dir}/records.jsonl", lines=True)'),
     ],
+    "explore.ipynb": [
+        ("md", "# A tour of cotlib\nThe paper's factors as data: granularity levels, formats, the teachers' released chains of "
+               "thought, the grader, and the results of a grid. Nothing here trains or loads a model; run the stage "
+               "notebooks (or `cotlib run params/demo.yaml`) for that."),
+        ("parameters", 'grid = "../params/demo.yaml"\n'
+                       'dataset = "svamp"'),
+        ("md", "## Six granularity levels and four formats\nOne instruction per level and per format; each teacher "
+               "prompt is one-shot, with a worked example written at the same level."),
+        ("code", "import pandas as pd\n"
+                 "from cotlib import prompts\n\n"
+                 'pd.set_option("display.max_colwidth", 300)\n'
+                 'pd.DataFrame({"level": list(prompts.LEVELS), "instruction": list(prompts.LEVELS.values())})'),
+        ("code", 'pd.DataFrame({"format": list(prompts.FORMATS), "instruction": list(prompts.FORMATS.values())})'),
+        ("code", 'for m in prompts.teacher_messages("Tom has 3 apples and buys 4 more. How many apples does he have?", 5, "cot"):\n'
+                 '    print(f"--- {m[\'role\']}\\n{m[\'content\']}")'),
+        ("md", "## What the paper's teachers wrote, level by level\nThe released CoTs for one training question "
+               "(needs the release under `$COTLIB_DATA_DIR/paper_sft`)."),
+        ("code", "from cotlib import data, released\n\n"
+                 "files = [f for f in released.local_files() if f.dataset == dataset and f.level and f.format == 'cot']\n"
+                 "question = data.load_examples(dataset, 'train', 1, source='local')[0].question if files else None\n"
+                 "rows = []\n"
+                 "for f in files:\n"
+                 "    text = {released.norm_question(r['question']): r['text'] for r in released.load_rows(f)}.get(released.norm_question(question))\n"
+                 "    rows.append({'teacher': f.teacher, 'level': f.level, 'words': len((text or '').split()), 'cot': text})\n"
+                 "print(question)\n"
+                 "pd.DataFrame(rows).sort_values(['teacher', 'level']) if rows else 'no release files here'"),
+        ("md", "## The grader\nThe text after the last \"The answer is\" wins; otherwise the last candidate (flexible only)."),
+        ("code", "from cotlib.grading import grade\n\n"
+                 "cases = [('So 3 + 4 = 7. The answer is 7.', '7', 'number'), ('The answer is $1,250.', '1250', 'number'),\n"
+                 "         ('I think the option is (C)', 'C', 'choice'), ('The answer is \\\\frac{1}{2}', '0.5', 'math'),\n"
+                 "         ('Yes, it could. The answer is True', 'True', 'boolean'), ('we get 12 in the end', '12', 'number')]\n"
+                 "pd.DataFrame([{'output': o, 'gold': g, **grade(o, g, t).as_dict()} for o, g, t in cases])"),
+        ("md", "## A grid and its results\nThe cells a grid expands to, their state, and the results table its evaluate cells made."),
+        ("code", "from cotlib import grid as runner, results\n"
+                 "from cotlib.config import load_grid\n\n"
+                 "g = load_grid(grid)\n"
+                 "pd.DataFrame([{'cell': s.cell.name, 'stage': s.cell.stage, 'state': s.state} for s in runner.status(g)])"),
+        ("code", "results.collect(g.output_root, [c.name for c in g.cells if c.stage == 'evaluate'])"),
+    ],
 }
 
 

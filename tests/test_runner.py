@@ -152,3 +152,15 @@ def test_validation_fails_before_any_kernel_starts(tmp_project, monkeypatch):
     assert run.returncode == 2
     assert f"{path}: sft.epochs: Input should be greater than 0" in run.stderr
     assert not (tmp_project / "outputs").exists()
+
+
+def test_the_explore_notebook_runs_in_a_real_kernel(tmp_path, project_root):
+    import papermill as pm
+
+    pm.execute_notebook(str(project_root / "notebooks" / "explore.ipynb"), str(tmp_path / "explore.ipynb"),
+                        parameters={"grid": str(project_root / "params" / "demo.yaml")}, kernel_name="cotlib",
+                        cwd=str(project_root / "notebooks"), progress_bar=False)
+    nb = nbformat.read(tmp_path / "explore.ipynb", as_version=4)
+    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for c in nb.cells for o in c.get("outputs", []))
+    assert "Explain in detailed numbered steps" in text  # the level table
+    assert "format_followed" in text  # the grader's table
