@@ -100,7 +100,8 @@ def data_root() -> Path:
     return Path.home() / ".cache" / "cotlib" / "data"
 
 
-def _read_json_any(path: Path) -> list[dict]:
+def read_json_records(path: Path) -> list[dict]:
+    """Rows of a JSON array or JSONL file, gzipped or not: the layouts the test sets and the release use."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as fh:
         if path.name.endswith((".jsonl", ".jsonl.gz")):
@@ -149,9 +150,9 @@ def _parse_csqa_test(instruction: str) -> tuple[str, list[str]]:
 
 def _load_svamp_test(dataset: str) -> list[Example]:
     path = _find("testsets/svamp/test.jsonl", dataset)
-    train_questions = {r["instruction"].strip() for r in _read_json_any(_find("paper_sft/SVAMP_only_ans.json", dataset))}
+    train_questions = {r["instruction"].strip() for r in read_json_records(_find("paper_sft/SVAMP_only_ans.json", dataset))}
     out = []
-    for r in _read_json_any(path):
+    for r in read_json_records(path):
         _need(r, ("Body", "Question", "Answer", "ID"), dataset, path)
         q = f"{r['Body'].strip()} {r['Question'].strip()}"
         if q in train_questions:
@@ -163,7 +164,7 @@ def _load_svamp_test(dataset: str) -> list[Example]:
 def _load_gsm8k_test(dataset: str) -> list[Example]:
     path = _find("testsets/gsm8k/test.jsonl", dataset)
     out = []
-    for i, r in enumerate(_read_json_any(path)):
+    for i, r in enumerate(read_json_records(path)):
         _need(r, ("question", "answer"), dataset, path)
         gold = r["answer"].split("####")[-1].strip().replace(",", "")
         out.append(Example(id=f"gsm8k-test-{r.get('idx', i)}", question=r["question"], answer=gold, answer_type="number"))
@@ -173,7 +174,7 @@ def _load_gsm8k_test(dataset: str) -> list[Example]:
 def _load_aqua_test(dataset: str) -> list[Example]:
     path = _find("testsets/aqua/test.jsonl", dataset)
     out = []
-    for i, r in enumerate(_read_json_any(path)):
+    for i, r in enumerate(read_json_records(path)):
         _need(r, ("question", "options", "correct"), dataset, path)
         choices = [re.sub(r"^[A-J]\)", "", o).strip() for o in r["options"]]
         out.append(Example(id=f"aqua-test-{i}", question=render_choices(r["question"], choices, "aqua"),
@@ -185,7 +186,7 @@ def _load_label_file(rel: str, kind: str) -> Callable[[str], list[Example]]:
     def load(dataset: str) -> list[Example]:
         path = _find(rel, dataset)
         out = []
-        for i, r in enumerate(_read_json_any(path)):
+        for i, r in enumerate(read_json_records(path)):
             _need(r, ("instruction", "label"), dataset, path)
             label = str(r["label"]).strip()
             if kind == "boolean":
@@ -272,7 +273,7 @@ def clean_gold(dataset: str, raw: object, choices: list[str] | None = None) -> s
 def _load_train(dataset: str) -> list[Example]:
     path = _find(f"paper_sft/{TRAIN_FILES[dataset]}", dataset)
     out, unreadable = [], 0
-    for i, r in enumerate(_read_json_any(path)):
+    for i, r in enumerate(read_json_records(path)):
         if dataset == "math":
             _need(r, ("problem", "solution", "output"), dataset, path)
             out.append(Example(id=f"math-train-{i}", question=r["problem"], answer=math_gold(r), answer_type="math"))
@@ -344,7 +345,7 @@ def _load_hub(dataset: str, split: str) -> list[Example]:
     return [_from_hub_row(dataset, i, r) for i, r in enumerate(rows)]
 
 
-DATASETS = ["demo-arith", "svamp", "gsm8k", "aqua", "math", "csqa", "obqa", "strategyqa"]
+DATASETS = list(ANSWER_TYPES)
 Source = Literal["auto", "local", "hub"]
 
 

@@ -113,6 +113,3 @@ TEMPLATES: dict[str, StudentTemplate] = {
     ),
 }
 
-
-def stop_text(template: StudentTemplate, eos_token: str) -> str:
-    return template.stop or eos_token

@@ -140,7 +140,7 @@ def norm_question(q: str) -> str:
 
 def load_rows(f: ReleasedFile) -> list[dict]:
     """Rows {question, text, gold, answer_type, choices} with gold answers aligned by question text."""
-    rows = data._read_json_any(ensure_file(f.name))
+    rows = data.read_json_records(ensure_file(f.name))
     kind = data.ANSWER_TYPES[f.dataset]
     if f.dataset == "math":
         return [{"question": r["problem"], "text": str(r.get(f.response, "")), "gold": data.math_gold(r),
