@@ -102,9 +102,10 @@ def _error_summary(exc: BaseException) -> tuple[str, str]:
     return f"{name}: {value}".strip(), tb
 
 
-def preflight(grid: Grid) -> None:
+def preflight(grid: Grid, check_devices: bool = True) -> None:
     """Check what the environment must provide (data files, the model package, CUDA for QLoRA)
-    before any kernel starts, and report every problem at once."""
+    before any kernel starts, and report every problem at once. `check_devices=False` where the
+    cells run elsewhere (a Ray cluster), since this machine's GPUs say nothing about the workers'."""
     from . import data, models, released, teachers
     from .api import ApiError, api_key
     from .train import TrainError, check_method
@@ -137,10 +138,10 @@ def preflight(grid: Grid) -> None:
                 api_key(cfg.api.api_key_env)
             except ApiError as err:
                 problems.append(f"{cell.name}: {err}")
-        if cell.stage == "sft" and ("method", cfg.method) not in seen:
-            seen.add(("method", cfg.method))
+        if check_devices and cell.stage == "sft" and ("method", cfg.method, cfg.num_gpus) not in seen:
+            seen.add(("method", cfg.method, cfg.num_gpus))
             try:
-                check_method(cfg.method)
+                check_method(cfg.method, cfg.num_gpus)
             except TrainError as err:
                 problems.append(f"{cell.name}: {err}")
     if problems:

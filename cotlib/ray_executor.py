@@ -54,7 +54,7 @@ def run(grid: Grid, *, address: str | None = None, gpus: dict[str, float] | None
         log: Callable[[str], None] = print, max_retries: int = 3) -> list[CellState]:
     import ray
 
-    preflight(grid)
+    preflight(grid, check_devices=address is None)  # a cluster's workers have their own GPUs
     ensure_kernel(grid.kernel)
     grid.output_root.mkdir(parents=True, exist_ok=True)
     started_here = not ray.is_initialized()

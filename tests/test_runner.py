@@ -164,3 +164,17 @@ def test_the_explore_notebook_runs_in_a_real_kernel(tmp_path, project_root):
     text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for c in nb.cells for o in c.get("outputs", []))
     assert "Explain in detailed numbered steps" in text  # the level table
     assert "format_followed" in text  # the grader's table
+
+
+def test_qlora_on_a_cpu_machine_is_refused_before_any_kernel(tmp_project):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    path = tmp_project / "params" / "q.yaml"
+    path.write_text(yaml.safe_dump({"name": "q", "output_dir": str(tmp_project / "outputs"),
+                                    "generate": {"level": 1, "n_examples": 2}, "sft": {"method": "qlora"}}))
+    run = subprocess.run([sys.executable, "-m", "cotlib.cli", "run", str(path)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "cannot start" in run.stderr and "needs a CUDA GPU" in run.stderr and "use method: lora" in run.stderr
+    assert not (tmp_project / "outputs" / "q" / "generate").exists()  # nothing ran, not even the generate cell
