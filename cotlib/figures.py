@@ -22,7 +22,7 @@ from . import cells, results  # noqa: E402
 from .config import FiguresConfig  # noqa: E402
 
 STAGE = "figures"
-PAPER_RESULTS = Path(__file__).resolve().parent / "data" / "paper_results.csv"
+PAPER_RESULTS = Path(__file__).resolve().parent / "resources" / "paper_results.csv"
 
 
 @dataclass

@@ -73,7 +73,7 @@ def find_file(name: str) -> Path:
     )
 
 
-_CATALOG = Path(__file__).resolve().parent / "data" / "release_files.csv"
+_CATALOG = Path(__file__).resolve().parent / "resources" / "release_files.csv"
 
 
 def catalog() -> list[ReleasedFile]:

@@ -102,7 +102,7 @@ def replay_file(cfg: GenerateConfig) -> released.ReleasedFile:
         if (f.dataset, f.teacher, f.level, fmt) == want:
             return f
     raise data.DataError(f"the paper released no {cfg.teacher} set for {cfg.dataset} at level {cfg.level} "
-                         f"in format {cfg.format!r} (see cotlib/data/release_files.csv)")
+                         f"in format {cfg.format!r} (see cotlib/resources/release_files.csv)")
 
 
 def _replay_replies(cfg: GenerateConfig, todo: list[data.Example]) -> Iterator[tuple[data.Example, dict[str, Any]]]:

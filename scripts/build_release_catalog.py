@@ -1,4 +1,4 @@
-"""Write cotlib/data/release_files.csv: every SFT file of the paper's release (from its
+"""Write cotlib/resources/release_files.csv: every SFT file of the paper's release (from its
 dataset_info.json), classified, with the sha256 of the files at hand (for download checks).
 
     python scripts/build_release_catalog.py  # reads $COTLIB_DATA_DIR/paper_sft (../shared/data)
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cotlib import released
 
-out = Path(__file__).resolve().parent.parent / "cotlib" / "data" / "release_files.csv"
+out = Path(__file__).resolve().parent.parent / "cotlib" / "resources" / "release_files.csv"
 src = released.release_dir()
 names = {v["file_name"] for v in json.load(gzip.open(src / "dataset_info.json.gz")).values()}
 names |= {p.name.removesuffix(".gz") for p in src.glob("*.json.gz")} - {"dataset_info.json"}
