@@ -255,16 +255,13 @@ class Grid:
         return {c.name: c for c in self.cells}
 
 
-def _fmt_error(path: Path, stage: str, err: ValidationError) -> str:
+def _fmt_error(path: Path, prefix: str, model: type[BaseModel], err: ValidationError) -> str:
+    """One line per problem: file, key, and for an unknown key the keys that are allowed."""
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(section)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            model = STAGE_MODELS.get(stage)
-            allowed = ", ".join(model.model_fields) if model else ""
-            msg = f"unknown key (allowed: {allowed})" if allowed else "unknown key"
-        lines.append(f"{path}: {stage + '.' if stage else ''}{key}: {msg}")
+        msg = f"unknown key (allowed: {', '.join(model.model_fields)})" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{path}: {prefix}{key}: {msg}")
     return "\n".join(lines)
 
 
@@ -283,7 +280,7 @@ def _build(path: Path, stage: str, values: dict[str, Any]) -> _Strict:
     try:
         return STAGE_MODELS[stage].model_validate(values)
     except ValidationError as err:
-        raise GridError(_fmt_error(path, stage, err)) from None
+        raise GridError(_fmt_error(path, f"{stage}.", STAGE_MODELS[stage], err)) from None
 
 
 def _section(path: Path, stage: str, section: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -300,12 +297,7 @@ def expand(raw: dict[str, Any], path: Path, project_root: Path | None = None) ->
     try:
         top = GridFile.model_validate(raw)
     except ValidationError as err:
-        msgs = []
-        for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"])
-            msg = "unknown key (allowed: " + ", ".join(GridFile.model_fields) + ")" if e["type"] == "extra_forbidden" else e["msg"]
-            msgs.append(f"{path}: {key}: {msg}")
-        raise GridError("\n".join(msgs)) from None
+        raise GridError(_fmt_error(path, "", GridFile, err)) from None
     root = project_root or Path.cwd()
     all_cells: list[Cell] = []
 

@@ -195,9 +195,8 @@ def _load_label_file(rel: str, kind: str) -> Callable[[str], list[Example]]:
             if kind == "csqa":
                 stem, choices = _parse_csqa_test(r["instruction"])
             else:  # obqa test rows are already in the training layout
-                stem_part, _, tail = r["instruction"].partition("Answer choices:")
-                stem = stem_part.removeprefix("Q:").strip()
-                choices = [c.split(":", 1)[1].strip() for c in re.split(r",\s*(?=[A-J]:)", tail.strip())]
+                stem = r["instruction"].partition("Answer choices:")[0].removeprefix("Q:").strip()
+                choices = parse_rendered_choices(r["instruction"]) or []
             out.append(Example(id=f"{dataset}-test-{i}", question=render_choices(stem, choices, "qa"),
                                answer=label, answer_type="choice", choices=choices))
         return out

@@ -148,6 +148,28 @@ def preflight(grid: Grid, check_devices: bool = True) -> None:
         raise GridError(f"{grid.path}: cannot start:\n  " + "\n  ".join(problems))
 
 
+def blocked_reason(cell: Cell, upstream: dict[str, str]) -> str | None:
+    """Why a cell cannot run given its upstream cells' states, or None. A soft-dependency cell
+    (figures) runs with whatever finished, and is blocked only when nothing did."""
+    bad = [name for name, state in upstream.items() if state != "done"]
+    if bad and not cell.soft_deps:
+        return f"upstream not done: {', '.join(bad)}"
+    if cell.soft_deps and upstream and len(bad) == len(upstream):
+        return "no upstream cell finished"
+    return None
+
+
+def attempt(grid: Grid, cell: Cell, execute: Callable[[Grid, Cell], None] = execute_cell) -> CellState:
+    """Execute one cell; a failure is recorded in the cell (error.json) and returned, never raised."""
+    try:
+        execute(grid, cell)
+    except Exception as exc:  # a failed cell is recorded and the others go on
+        summary, tb = _error_summary(exc)
+        cells.record_error(cell_dir(grid, cell), summary, tb)
+        return CellState(cell, "failed", summary)
+    return CellState(cell, "done")
+
+
 def run(grid: Grid, *, log: Callable[[str], None] = print, execute: Callable[[Grid, Cell], None] = execute_cell) -> list[CellState]:
     """Run every cell that is not done; return the final state of each."""
     preflight(grid)
@@ -164,29 +186,18 @@ def run(grid: Grid, *, log: Callable[[str], None] = print, execute: Callable[[Gr
             log(f"{prefix}: done, skipped")
             bar.update()
             continue
-        upstream = [final[d] for d in cell.deps if d in final]
-        bad = [u for u in upstream if u.state != "done"]
-        if bad and not cell.soft_deps:
-            final[cell.name] = CellState(cell, "blocked", f"upstream not done: {', '.join(u.cell.name for u in bad)}")
-            log(f"{prefix}: blocked ({final[cell.name].detail})")
-            bar.update()
-            continue
-        if cell.soft_deps and upstream and len(bad) == len(upstream):
-            final[cell.name] = CellState(cell, "blocked", "no upstream cell finished")
-            log(f"{prefix}: blocked (no upstream cell finished)")
+        reason = blocked_reason(cell, {d: final[d].state for d in cell.deps if d in final})
+        if reason:
+            final[cell.name] = CellState(cell, "blocked", reason)
+            log(f"{prefix}: blocked ({reason})")
             bar.update()
             continue
         log(f"{prefix}: running")
         t0 = time.perf_counter()
-        try:
-            execute(grid, cell)
-        except Exception as exc:  # a failed cell is recorded and the others go on
-            summary, tb = _error_summary(exc)
-            cells.record_error(cell_dir(grid, cell), summary, tb)
-            final[cell.name] = CellState(cell, "failed", summary)
-            log(f"{prefix}: FAILED after {time.perf_counter() - t0:.0f}s: {summary}\n    see {cell_dir(grid, cell) / 'executed.ipynb'}")
+        final[cell.name] = st = attempt(grid, cell, execute)
+        if st.state == "failed":
+            log(f"{prefix}: FAILED after {time.perf_counter() - t0:.0f}s: {st.detail}\n    see {cell_dir(grid, cell) / 'executed.ipynb'}")
         else:
-            final[cell.name] = CellState(cell, "done")
             log(f"{prefix}: done in {time.perf_counter() - t0:.0f}s")
         bar.update()
     bar.close()

@@ -14,9 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import cells
 from .config import Cell, Grid
-from .grid import CellState, _error_summary, cell_dir, ensure_kernel, execute_cell, preflight, state_of
+from .grid import CellState, attempt, blocked_reason, ensure_kernel, preflight, state_of
 
 DEFAULT_GPUS = {"generate": 1.0, "sft": 1.0, "evaluate": 0.25, "figures": 0.0}
 
@@ -36,16 +35,13 @@ def _run_cell(grid: Grid, cell: Cell, *upstream: dict[str, Any]) -> dict[str, An
     """Body of one Ray task: the same decisions as the local executor, then one papermill run."""
     import os
 
-    bad = [u for u in upstream if u["state"] != "done"]
-    if (bad and not cell.soft_deps) or (cell.soft_deps and upstream and len(bad) == len(upstream)):
-        return {"cell": cell.name, "state": "blocked", "detail": "upstream not done: " + ", ".join(u["cell"] for u in bad)}
+    reason = blocked_reason(cell, {u["cell"]: u["state"] for u in upstream})
+    if reason:
+        return {"cell": cell.name, "state": "blocked", "detail": reason}
     t0 = time.perf_counter()
-    try:
-        execute_cell(grid, cell)
-    except Exception as exc:  # recorded, like the local executor; Ray retries only lost workers
-        summary, tb = _error_summary(exc)
-        cells.record_error(cell_dir(grid, cell), summary, tb)
-        return {"cell": cell.name, "state": "failed", "detail": summary}
+    st = attempt(grid, cell)  # a notebook failure is recorded, not raised: Ray retries only lost workers
+    if st.state == "failed":
+        return {"cell": cell.name, "state": "failed", "detail": st.detail}
     return {"cell": cell.name, "state": "done", "seconds": time.perf_counter() - t0,
             "node": os.uname().nodename, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
 

@@ -4,6 +4,7 @@ dataset x teacher x level x format, and its rows with their gold answers."""
 from __future__ import annotations
 
 import csv
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,21 +77,22 @@ def find_file(name: str) -> Path:
 _CATALOG = Path(__file__).resolve().parent / "resources" / "release_files.csv"
 
 
+@functools.cache
+def _catalog_rows() -> tuple[dict[str, str], ...]:
+    with open(_CATALOG, newline="") as fh:
+        return tuple(csv.DictReader(fh))
+
+
 def catalog() -> list[ReleasedFile]:
     """Every SFT file of the release (its dataset_info.json), whether or not a copy is at hand."""
-    with open(_CATALOG, newline="") as fh:
-        return [ReleasedFile(r["file"].removesuffix(".json"), r["dataset"], r["teacher"],
-                             int(r["level"]) if r["level"] else None, r["format"], r["response"])
-                for r in csv.DictReader(fh)]
+    return [ReleasedFile(r["file"].removesuffix(".json"), r["dataset"], r["teacher"],
+                         int(r["level"]) if r["level"] else None, r["format"], r["response"])
+            for r in _catalog_rows()]
 
 
 def checksum(name: str) -> str | None:
     """The sha256 of a release file's JSON text, where it is known."""
-    with open(_CATALOG, newline="") as fh:
-        for r in csv.DictReader(fh):
-            if r["file"] in (name, f"{name}.json") and r["sha256"]:
-                return r["sha256"]
-    return None
+    return next((r["sha256"] for r in _catalog_rows() if r["file"] in (name, f"{name}.json") and r["sha256"]), None)
 
 
 def download(name: str, dest: Path | None = None) -> Path:

@@ -162,6 +162,8 @@ def _train(cfg: SftConfig, cell_dir: Path, pairs: list[dict], too_long: int, tok
     seconds = time.perf_counter() - start
     peft = cfg.method in ("lora", "qlora")
     out = cell_dir / ("adapter" if peft else "model")
+    log = [h for h in trainer.state.log_history if "loss" in h]
+    stop, why = end_token(cfg, tok.eos_token)
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():
         tok.save_pretrained(str(out))
@@ -169,11 +171,10 @@ def _train(cfg: SftConfig, cell_dir: Path, pairs: list[dict], too_long: int, tok
             merged = trainer.model.merge_and_unload()
             merged.save_pretrained(str(cell_dir / "merged"))
             tok.save_pretrained(str(cell_dir / "merged"))
-        atomic_write_json(cell_dir / "loss.json", [h for h in trainer.state.log_history if "loss" in h])
+        atomic_write_json(cell_dir / "loss.json", log)
     lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
     seen = min((trainer.state.global_step - first_step) * cfg.batch_size * cfg.grad_accum * cfg.num_gpus,
                len(lengths) * cfg.epochs)
-    log = [h for h in trainer.state.log_history if "loss" in h]
     return {
         "method": cfg.method, "n_train": len(pairs), "too_long": too_long, "resumed": bool(checkpoints),
         "resumed_from_step": first_step, "steps": trainer.state.global_step, "train_loss": result.training_loss,
@@ -181,8 +182,7 @@ def _train(cfg: SftConfig, cell_dir: Path, pairs: list[dict], too_long: int, tok
         "tokens_per_second": seen * sum(lengths) / len(lengths) / seconds if seconds > 0 else None,
         "peak_memory_mb": _peak_memory_mb(), "precision": precision(),
         "quantization": "nf4" if cfg.method == "qlora" else None, "num_gpus": cfg.num_gpus,
-        "stop_token": end_token(cfg, tok.eos_token)[0], "stop_strategy": end_token(cfg, tok.eos_token)[1],
-        "saved": out.name,
+        "stop_token": stop, "stop_strategy": why, "saved": out.name,
     }
 
 
