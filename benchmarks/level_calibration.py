@@ -5,7 +5,7 @@ The band of level k is the range of mean words per CoT over the paper's teachers
 that dataset and level (cotlib.released). Our teacher writes CoTs for the same training questions
 at every level, with any backend:
 
-    python benchmarks/level_calibration.py --backend transformers --teacher smollm2-135m --n 16
+    python benchmarks/level_calibration.py --backend vllm --teacher smollm2-135m --n 32
     OPENAI_API_KEY=... python benchmarks/level_calibration.py --backend openai --teacher gpt-4o --n 50
 """
 
@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cotlib import released, teachers
+from cotlib import prompts, released, teachers
 from cotlib.config import GenerateConfig
 
 
@@ -55,7 +55,8 @@ def main() -> int:
         lo, hi = bands.get(level, (float("nan"), float("nan")))
         ok = lo <= ours[level] <= hi
         inside += ok
-        print(f"  L{level}: ours {ours[level]:6.1f}   released {lo:6.1f} .. {hi:6.1f}   {'in band' if ok else 'OUT'}")
+        print(f"  L{level}: ours {ours[level]:6.1f}   asked {prompts.target_words(a.dataset, level):4d}   "
+              f"released {lo:6.1f} .. {hi:6.1f}   {'in band' if ok else 'OUT'}")
     ordered = all(ours[k] < ours[k + 1] for k in range(1, 6))
     print(f"{inside}/6 levels in band; order 1 < ... < 6 {'kept' if ordered else 'NOT kept'}")
     return 0 if inside == 6 and ordered else 1

@@ -19,7 +19,9 @@ _PACKAGES = ("cotlib", "torch", "transformers", "trl", "peft", "accelerate", "da
 
 
 def config_hash(stage: str, cfg: BaseModel) -> str:
-    return canonical_hash({"stage": stage, **cfg.model_dump(mode="json")})
+    """A cell's identity: its parameters, plus what else decides its output (a teacher's exact prompt)."""
+    extra = cfg.identity_extra() if hasattr(cfg, "identity_extra") else {}
+    return canonical_hash({"stage": stage, **cfg.model_dump(mode="json"), **extra})
 
 
 def grid_root(cell_dir: str | Path) -> Path:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import cells, data, models, prompts
+from .files import canonical_hash
 
 Stage = Literal["generate", "sft", "evaluate", "figures"]
 STAGES: tuple[str, ...] = ("generate", "sft", "evaluate", "figures")
@@ -90,6 +91,12 @@ class GenerateConfig(_Strict):
         if self.level is None and not (self.backend == "replay" and self.teacher in ("human", "answer-only")):
             raise ValueError("level: required (1..6) except for replayed human or answer-only sets")
         return self
+
+    def identity_extra(self) -> dict[str, str]:
+        """The prompt a teacher is sent: an edited level prompt makes a new cell, not a stale hit."""
+        if self.backend == "replay":
+            return {}
+        return {"prompt": canonical_hash(prompts.teacher_messages("{question}", self.level or 3, self.format, self.dataset), 16)}
 
     def slug(self) -> str:
         level = f"L{self.level}" if self.level else "Lnone"
@@ -171,6 +178,14 @@ class EvaluateConfig(_Strict):
     temperature: float = Field(0.0, ge=0.0)  # 0: greedy, as the paper's math evaluation
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int = 0
+    backend: Literal["transformers", "vllm"] = "transformers"
+    # A LoRA student as trained (the adapter on its base) or merged into the base first (saved once as
+    # the sft cell's merged/), for engines and speed where an adapter is a cost.
+    lora: Literal["adapter", "merge"] = "adapter"
+    # vllm only: also generate the first parity_n examples with transformers and record how often the
+    # two backends agree (parity.jsonl, metrics["parity"]).
+    parity_n: int = Field(0, ge=0)
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)  # vllm on a GPU: the share it may claim
 
     _dataset = field_validator("dataset")(_known_dataset)
 
@@ -178,6 +193,12 @@ class EvaluateConfig(_Strict):
     @classmethod
     def _student(cls, v: str) -> str:
         return _known_model(v, "student")
+
+    @model_validator(mode="after")
+    def _parity_needs_vllm(self) -> EvaluateConfig:
+        if self.parity_n and self.backend != "vllm":
+            raise ValueError("parity_n: compares vLLM with transformers; set backend: vllm or parity_n: 0")
+        return self
 
     def slug(self) -> str:
         trained = self.sft_cell.split("/")[-1].rsplit("__", 1)[0] if self.sft_cell else f"{self.student}__base"
@@ -330,7 +351,10 @@ def expand(raw: dict[str, Any], path: Path, project_root: Path | None = None) ->
             else:
                 pairs = [(st, combo["dataset"]) for st in students]
             for student, ds in pairs:
-                eval_cells.append(Cell("evaluate", _build(path, "evaluate", {**combo, "student": student, "dataset": ds})))
+                # a base model has no adapter: the `lora` axis would only repeat its cell
+                base = Cell("evaluate", _build(path, "evaluate", {**combo, "student": student, "dataset": ds, "lora": "adapter"}))
+                if all(c.name != base.name for c in eval_cells):
+                    eval_cells.append(base)
         for s in trained:
             ds = train_dataset[s.name] if same_dataset else combo["dataset"]
             cfg = _build(path, "evaluate", {**combo, "dataset": ds, "student": s.config.student, "sft_cell": s.name})

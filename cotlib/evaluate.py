@@ -3,17 +3,23 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import os
+import shutil
 import statistics
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock
 
-from . import cells, data, models
+from . import cells, data, models, vllm_backend
 from .config import EvaluateConfig, template_for
 from .files import write_jsonl
-from .generation import generate
+from .generation import Generation, generate
 from .grading import grade
 
 STAGE = "evaluate"
@@ -48,16 +54,43 @@ def lineage(cfg: EvaluateConfig, cell_dir: Path) -> dict[str, Any]:
     return out
 
 
-def _student_weights(cfg: EvaluateConfig, cell_dir: Path) -> tuple[Path | None, Path | None]:
-    """(adapter, full model dir) of the trained student, or (None, None) for the base model."""
+@dataclass(frozen=True)
+class Weights:
+    """What is evaluated: the registered base, plus an adapter, or a trained/merged model folder."""
+
+    kind: str  # base, adapter, merged or full
+    adapter: Path | None = None
+    path: Path | None = None
+
+
+def student_weights(cfg: EvaluateConfig, cell_dir: Path) -> Weights:
+    """The trained student's weights, merging a LoRA adapter first when `lora: merge` asks for it."""
     if not cfg.sft_cell:
-        return None, None
+        return Weights("base")
     sft_dir = cells.grid_root(cell_dir) / cfg.sft_cell
     if (sft_dir / "adapter").exists():
-        return sft_dir / "adapter", None
+        if cfg.lora == "merge":
+            return Weights("merged", path=merged_model(cfg.student, sft_dir))
+        return Weights("adapter", adapter=sft_dir / "adapter")
     if (sft_dir / "model").exists():
-        return None, sft_dir / "model"
+        return Weights("full", path=sft_dir / "model")
     raise FileNotFoundError(f"no trained weights in {sft_dir} (adapter/ or model/): run the sft cell {cfg.sft_cell!r} first")
+
+
+def merged_model(student: str, sft_dir: Path) -> Path:
+    """The adapter merged into its base, saved once beside it (sft `merge: true` saves the same folder)."""
+    target = sft_dir / "merged"
+    with FileLock(str(sft_dir / "merged.lock")):
+        if (target / "config.json").exists():
+            return target
+        model = models.load_model(student, adapter=sft_dir / "adapter").merge_and_unload()
+        tmp = sft_dir / "merged.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        models.load_tokenizer(student).save_pretrained(tmp)
+        os.replace(tmp, target)
+        del model
+    return target
 
 
 def trained_stop_token(cfg: EvaluateConfig, cell_dir: Path) -> str | None:
@@ -68,23 +101,56 @@ def trained_stop_token(cfg: EvaluateConfig, cell_dir: Path) -> str | None:
     return m.get("stop_token")
 
 
+def _transformers_generate(cfg: EvaluateConfig, weights: Weights, tok, prompts_: list[str], stop: str | None) -> list[Generation]:
+    model = models.load_model(cfg.student, adapter=weights.adapter, path=weights.path)
+    try:
+        return generate(model, tok, prompts_, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                        stop=stop, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, desc="evaluate")
+    finally:
+        del model
+        gc.collect()
+        models.empty_device_cache()  # before vLLM claims its share of the GPU
+
+
+def _vllm_generate(cfg: EvaluateConfig, weights: Weights, tok, prompts_: list[str], stop: str | None) -> list[Generation]:
+    longest = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts_)
+    llm = vllm_backend.make_llm(weights.path or models.resolve_path(cfg.student), seed=cfg.seed,
+                                max_model_len=longest + cfg.max_new_tokens,
+                                lora_rank=vllm_backend.lora_rank(weights.adapter) if weights.adapter else None,
+                                gpu_memory_utilization=cfg.gpu_memory_utilization)
+    return vllm_backend.generate(llm, tok, prompts_, max_new_tokens=cfg.max_new_tokens, stop=stop,
+                                 temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, adapter=weights.adapter)
+
+
+def parity(examples: list[data.Example], vllm_gens: list[Generation], hf_gens: list[Generation]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """How often vLLM and transformers agree on the same prompts: text, extracted answer, correctness."""
+    rows = []
+    for ex, v, h in zip(examples, vllm_gens, hf_gens):
+        gv, gh = grade(v.text, ex.answer, ex.answer_type, ex.choices), grade(h.text, ex.answer, ex.answer_type, ex.choices)
+        rows.append({"id": ex.id, "same_output": v.text == h.text, "same_answer": gv.extracted == gh.extracted,
+                     "same_correct": gv.correct == gh.correct, "vllm_answer": gv.extracted,
+                     "transformers_answer": gh.extracted, "vllm_output": v.text, "transformers_output": h.text})
+    n = len(rows)
+    summary = {"n": n, **{k: sum(r[k] for r in rows) / n for k in ("same_output", "same_answer", "same_correct")}}
+    return summary, rows
+
+
 def run_evaluate(cfg: EvaluateConfig, cell_dir: str | Path) -> dict[str, Any]:
     cell_dir = Path(cell_dir)
+    if cfg.backend == "vllm":
+        vllm_backend.require()
     examples = data.load_examples(cfg.dataset, cfg.split, cfg.n_examples, source=cfg.source)
-    adapter, full = _student_weights(cfg, cell_dir)
+    weights = student_weights(cfg, cell_dir)
     cells.start(cell_dir, STAGE, cfg)
     template = template_for(cfg.student)
     tok = models.load_tokenizer(cfg.student)
-    if full is not None:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(full).to(models.device()).eval()
-    else:
-        model = models.load_model(cfg.student, adapter=adapter)
     stop = trained_stop_token(cfg, cell_dir) or template.stop
     prompts_ = [template.render(ex.question) for ex in examples]
-    gens = generate(model, tok, prompts_, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                    stop=stop, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, desc="evaluate")
+    reference = _transformers_generate(cfg, weights, tok, prompts_[:cfg.parity_n], stop) if cfg.parity_n else None
+    backend = {"transformers": _transformers_generate, "vllm": _vllm_generate}[cfg.backend]
+    t0 = time.perf_counter()
+    gens = backend(cfg, weights, tok, prompts_, stop)
+    seconds = time.perf_counter() - t0
     records = []
     for ex, prompt, g in zip(examples, prompts_, gens):
         gr = grade(g.text, ex.answer, ex.answer_type, ex.choices)
@@ -104,5 +170,13 @@ def run_evaluate(cfg: EvaluateConfig, cell_dir: str | Path) -> dict[str, Any]:
         "hit_limit": sum(r["hit_limit"] for r in records),
         "decoding": {"do_sample": cfg.temperature > 0, "temperature": cfg.temperature, "top_p": cfg.top_p,
                      "max_new_tokens": cfg.max_new_tokens, "stop": stop or tok.eos_token, "seed": cfg.seed},
+        "backend": cfg.backend, "weights": weights.kind, "generation_seconds": seconds,
         "lineage": lineage(cfg, cell_dir),
+        **({"parity": _write_parity(cell_dir, examples, gens, reference)} if reference is not None else {}),
     }
+
+
+def _write_parity(cell_dir: Path, examples: list[data.Example], gens: list[Generation], reference: list[Generation]) -> dict[str, Any]:
+    summary, rows = parity(examples, gens, reference)
+    write_jsonl(cell_dir / "parity.jsonl", rows)
+    return summary

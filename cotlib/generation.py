@@ -52,14 +52,18 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
                                  pad_token_id=tokenizer.pad_token_id, **sampling)
         new = out[:, enc["input_ids"].shape[1]:]
         for row, i in enumerate(idx):
-            toks = new[row].tolist()
-            ended = next((k for k, t in enumerate(toks) if t in eos), None)
-            kept = toks[:ended] if ended is not None else toks
-            while kept and kept[-1] == tokenizer.pad_token_id and tokenizer.pad_token_id not in eos:
-                kept.pop()
-            results[i] = Generation(
-                text=tokenizer.decode(kept, skip_special_tokens=True).strip(),
-                new_tokens=len(kept) + (1 if ended is not None else 0),
-                hit_limit=ended is None,
-            )
+            results[i] = finish(tokenizer, new[row].tolist(), eos, tokenizer.pad_token_id)
     return [r for r in results if r is not None]
+
+
+def finish(tokenizer, toks: list[int], eos: list[int], pad_id: int | None) -> Generation:
+    """Cut generated ids at the first end token and decode: one rule for every backend."""
+    ended = next((k for k, t in enumerate(toks) if t in eos), None)
+    kept = toks[:ended] if ended is not None else list(toks)
+    while kept and kept[-1] == pad_id and pad_id not in eos:
+        kept.pop()
+    return Generation(
+        text=tokenizer.decode(kept, skip_special_tokens=True).strip(),
+        new_tokens=len(kept) + (1 if ended is not None else 0),
+        hit_limit=ended is None,
+    )

@@ -106,7 +106,7 @@ def preflight(grid: Grid, check_devices: bool = True) -> None:
     """Check what the environment must provide (data files, the model package, CUDA for QLoRA)
     before any kernel starts, and report every problem at once. `check_devices=False` where the
     cells run elsewhere (a Ray cluster), since this machine's GPUs say nothing about the workers'."""
-    from . import data, models, released, teachers
+    from . import data, models, released, teachers, vllm_backend
     from .api import ApiError, api_key
     from .train import TrainError, check_method
 
@@ -137,6 +137,12 @@ def preflight(grid: Grid, check_devices: bool = True) -> None:
             try:
                 api_key(cfg.api.api_key_env)
             except ApiError as err:
+                problems.append(f"{cell.name}: {err}")
+        if check_devices and getattr(cfg, "backend", None) == "vllm" and "vllm" not in seen:
+            seen.add("vllm")
+            try:
+                vllm_backend.require()
+            except vllm_backend.VllmMissing as err:
                 problems.append(f"{cell.name}: {err}")
         if check_devices and cell.stage == "sft" and ("method", cfg.method, cfg.num_gpus) not in seen:
             seen.add(("method", cfg.method, cfg.num_gpus))

@@ -133,6 +133,14 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def empty_device_cache() -> None:
+    """Hand freed GPU memory back, so the next engine in this process can claim it."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
@@ -142,8 +150,9 @@ def load_tokenizer(name: str):
     return tok
 
 
-def load_model(name: str, adapter: str | Path | None = None, dtype: str = "auto"):
-    """A causal LM for inference, with a LoRA adapter applied (not merged) when given."""
+def load_model(name: str, adapter: str | Path | None = None, dtype: str = "auto", path: str | Path | None = None):
+    """A causal LM for inference, with a LoRA adapter applied (not merged) when given; `path`: trained
+    weights of the registered model `name` (a fully fine-tuned or merged student)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -152,7 +161,7 @@ def load_model(name: str, adapter: str | Path | None = None, dtype: str = "auto"
         torch_dtype = torch.bfloat16 if dev == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     else:
         torch_dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(resolve_path(name), dtype=torch_dtype).to(dev)
+    model = AutoModelForCausalLM.from_pretrained(str(path or resolve_path(name)), dtype=torch_dtype).to(dev)
     if adapter is not None:
         from peft import PeftModel
 

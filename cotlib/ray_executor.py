@@ -28,6 +28,8 @@ def gpus_for(cell: Cell, per_stage: dict[str, float], cluster_gpus: float) -> fl
         return 0.0
     if cell.stage == "sft":
         return float(getattr(cell.config, "num_gpus", 1)) * per_stage.get("sft", 1.0)
+    if getattr(cell.config, "backend", "") == "vllm":  # vLLM claims its share of GPU memory up front
+        return max(per_stage.get(cell.stage, 0.0), getattr(cell.config, "gpu_memory_utilization", 1.0))
     return per_stage.get(cell.stage, 0.0)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import cells, data, models, prompts, released
+from . import cells, data, models, prompts, released, vllm_backend
 from .api import ApiSettings, run_requests
 from .config import GenerateConfig
 from .files import append_jsonl, atomic_write_json, iter_jsonl, write_jsonl
@@ -38,35 +38,32 @@ def _latest(path: Path) -> dict[str, dict]:
 
 
 def _messages(cfg: GenerateConfig, ex: data.Example) -> list[dict[str, str]]:
-    return prompts.teacher_messages(ex.question, cfg.level or 3, cfg.format)
+    return prompts.teacher_messages(ex.question, cfg.level or 3, cfg.format, cfg.dataset)
 
 
-def _transformers_replies(cfg: GenerateConfig, todo: list[data.Example]) -> Iterator[tuple[data.Example, dict[str, Any]]]:
-    """Replies chunk by chunk, so each finished chunk is saved before the next starts."""
+def _local_replies(cfg: GenerateConfig, todo: list[data.Example]) -> Iterator[tuple[data.Example, dict[str, Any]]]:
+    """Replies of a local teacher (transformers or vLLM) chunk by chunk, so each finished chunk is
+    saved before the next starts."""
     tok = models.load_tokenizer(cfg.teacher)
-    model = models.load_model(cfg.teacher)
+    texts = [tok.apply_chat_template(_messages(cfg, ex), tokenize=False, add_generation_prompt=True) for ex in todo]
+    if cfg.backend == "vllm":
+        longest = max((len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts), default=0)
+        llm = vllm_backend.make_llm(models.resolve_path(cfg.teacher), seed=cfg.seed,
+                                    max_model_len=longest + cfg.max_new_tokens)
+
+        def run(part: list[str]):
+            return vllm_backend.generate(llm, tok, part, max_new_tokens=cfg.max_new_tokens,
+                                         temperature=cfg.temperature, seed=cfg.seed)
+    else:
+        model = models.load_model(cfg.teacher)
+
+        def run(part: list[str]):
+            return generate(model, tok, part, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                            temperature=cfg.temperature, seed=cfg.seed, desc=f"teacher L{cfg.level}")
     chunk = cfg.batch_size * 4
     for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
-        texts = [tok.apply_chat_template(_messages(cfg, ex), tokenize=False, add_generation_prompt=True) for ex in part]
-        gens = generate(model, tok, texts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                        temperature=cfg.temperature, seed=cfg.seed, desc=f"teacher L{cfg.level}")
-        for ex, g in zip(part, gens):
+        for ex, g in zip(todo[start:start + chunk], run(texts[start:start + chunk])):
             yield ex, {"cot": g.text, "new_tokens": g.new_tokens, "hit_limit": g.hit_limit}
-
-
-def _vllm_replies(cfg: GenerateConfig, todo: list[data.Example]) -> Iterator[tuple[data.Example, dict[str, Any]]]:
-    """vLLM offline batched generation (the optional `gpu` extra)."""
-    try:
-        from vllm import LLM, SamplingParams
-    except ImportError:
-        raise RuntimeError("backend 'vllm' needs vllm and a GPU: pip install 'cotlib[gpu]'") from None
-    llm = LLM(model=models.resolve_path(cfg.teacher), seed=cfg.seed)
-    params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_new_tokens, seed=cfg.seed)
-    outs = llm.chat([_messages(cfg, ex) for ex in todo], params, use_tqdm=True)
-    for ex, o in zip(todo, outs):
-        c = o.outputs[0]
-        yield ex, {"cot": c.text, "new_tokens": len(c.token_ids), "hit_limit": c.finish_reason == "length"}
 
 
 def api_settings(cfg: GenerateConfig) -> ApiSettings:
@@ -120,10 +117,26 @@ def _failed_row(ex: data.Example, reason: str) -> dict[str, Any]:
             "hit_limit": False, "steps": 0, "words": 0, "status": "failed", "reason": reason}
 
 
+def cut_after_answer(cot: str) -> str:
+    """The reply up to the end of its first answer line. A teacher that keeps going after it (a small
+    model looping on "The answer is 12.") would otherwise teach the student to loop."""
+    first = _ANSWER.search(cot)
+    if first is None:
+        return cot
+    newline = cot.find("\n", first.end())
+    end = len(cot) if newline < 0 else newline
+    again = _ANSWER.search(cot, first.end(), end)
+    return cot[:again.start() if again else end].strip()
+
+
+_ANSWER = re.compile(r"the answer is", re.IGNORECASE)
+
+
 def _row(ex: data.Example, reply: dict[str, Any], cfg: GenerateConfig) -> dict[str, Any]:
     if "error" in reply:
         return _failed_row(ex, reply["error"])
-    cot = reply["cot"].strip()
+    raw = reply["cot"].strip()
+    cot = raw if cfg.backend == "replay" else cut_after_answer(raw)  # the release is kept as released
     g = grade(cot, ex.answer, ex.answer_type, ex.choices)
     if not cot:
         status, reason = "failed", "empty reply"
@@ -135,7 +148,7 @@ def _row(ex: data.Example, reply: dict[str, Any], cfg: GenerateConfig) -> dict[s
             "cot": cot, "teacher_answer": g.extracted, "teacher_correct": g.correct,
             "format_followed": g.format_followed, "new_tokens": reply["new_tokens"],
             "hit_limit": reply["hit_limit"], "steps": count_steps(cot), "words": len(cot.split()),
-            "status": status, "reason": reason}
+            "cut_chars": len(raw) - len(cot), "status": status, "reason": reason}
 
 
 def completion_for(row: dict[str, Any]) -> str:
@@ -149,6 +162,8 @@ def completion_for(row: dict[str, Any]) -> str:
 def run_generate(cfg: GenerateConfig, cell_dir: str | Path) -> dict[str, Any]:
     """Generate (or resume) the teacher CoTs of one cell; write records.jsonl and sft.jsonl."""
     cell_dir = Path(cell_dir)
+    if cfg.backend == "vllm":
+        vllm_backend.require()
     examples = data.load_examples(cfg.dataset, cfg.split, cfg.n_examples, source=cfg.source)
     inputs = {"release": released.ensure_file(replay_file(cfg).name)} if cfg.backend == "replay" else None
     cells.start(cell_dir, STAGE, cfg, inputs=inputs)
@@ -159,7 +174,7 @@ def run_generate(cfg: GenerateConfig, cell_dir: str | Path) -> dict[str, Any]:
     if todo and cfg.backend == "openai":
         requests = _run_api(cfg, todo, records)
     elif todo:
-        replies = {"transformers": _transformers_replies, "vllm": _vllm_replies, "replay": _replay_replies}[cfg.backend]
+        replies = {"transformers": _local_replies, "vllm": _local_replies, "replay": _replay_replies}[cfg.backend]
         for ex, reply in replies(cfg, todo):
             append_jsonl(records, _row(ex, reply, cfg))
     latest = _latest(records)

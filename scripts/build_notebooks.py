@@ -62,6 +62,14 @@ NOTEBOOKS = {
                  'records[~records.correct][cols].head(4)'),
         ("md", "## Output length"),
         ("code", 'ax = records["new_tokens"].plot.hist(bins=20, title="output tokens per example")'),
+        ("md", "## vLLM against transformers\nWith `backend: vllm` and `parity_n: N`, the first N examples were also "
+               "generated with transformers: where the two differ, both outputs."),
+        ("code", 'if "parity" in metrics:\n'
+                 '    display(pd.Series(metrics["parity"]))\n'
+                 '    parity = pd.read_json(f"{cell_dir}/parity.jsonl", lines=True, dtype={"vllm_answer": str, "transformers_answer": str})\n'
+                 '    display(parity[~parity.same_output])\n'
+                 'else:\n'
+                 '    print("no parity check in this cell (it needs backend: vllm and parity_n > 0)")'),
     ],
     "04_figures.ipynb": [
         ("md", "# 4. Figures\nEvery figure is drawn from the results table (`results.csv`), i.e. from finished evaluate cells."),

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-# plan(question, attempt) -> "ok" | "429" | "500" | "slow" | "malformed" | "empty" | "drop"
+# plan(question, attempt) -> "ok" | "429" | "500" | "slow" | "malformed" | "empty" | "drop" | "loop"
 Plan = Callable[[str, int], str]
 
 
@@ -84,6 +84,9 @@ class FakeOpenAI:
                     self._send(200, json.dumps({"id": "x", "object": "chat.completion", "choices": []}).encode())
                     return
                 text = "" if action == "empty" else reply_for(question)
+                if action == "loop":  # a small model that keeps going after its answer line
+                    last = text.splitlines()[-1]
+                    text = text + (" " + last) * 5 + "\nAnd so on.\n" + last
                 reply = {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
                          "model": body.get("model", "fake"),
                          "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],

@@ -94,6 +94,19 @@ def test_sft_set_and_llamafactory_export_hold_only_kept_rows(tmp_path):
     assert [r["output"] for r in lf] == [r["completion"] for r in sft]
 
 
+def test_a_reply_that_runs_on_after_its_answer_line_is_cut_there(tmp_path):
+    cell = tmp_path / "generate" / "g"
+    with FakeOpenAI(plan=lambda q, a: "loop") as srv:
+        m = teachers.run_generate(_cfg(srv.base_url, n=6), cell)
+    rows = _latest(cell).values()
+    assert len(rows) == 6 and m["kept"] == sum(r["status"] == "ok" for r in rows) >= 1
+    for row in rows:
+        assert row["cot"].count(prompts.ANSWER_PREFIX) == 1 and row["cut_chars"] > 0
+        assert row["cot"].endswith(f"{prompts.ANSWER_PREFIX} {row['teacher_answer']}")
+    for r in iter_jsonl(cell / "sft.jsonl"):
+        assert r["completion"].count(prompts.ANSWER_PREFIX) == 1 and "And so on" not in r["completion"]
+
+
 def test_missing_api_key_fails_before_any_request(tmp_path, monkeypatch):
     monkeypatch.delenv("COTLIB_TEST_KEY", raising=False)
     with FakeOpenAI() as srv:
