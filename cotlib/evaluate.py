@@ -150,7 +150,7 @@ def run_evaluate(cfg: EvaluateConfig, cell_dir: str | Path) -> dict[str, Any]:
     backend = {"transformers": _transformers_generate, "vllm": _vllm_generate}[cfg.backend]
     t0 = time.perf_counter()
     gens = backend(cfg, weights, tok, prompts_, stop)
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0  # model (or engine) load included
     records = []
     for ex, prompt, g in zip(examples, prompts_, gens):
         gr = grade(g.text, ex.answer, ex.answer_type, ex.choices)
@@ -167,6 +167,7 @@ def run_evaluate(cfg: EvaluateConfig, cell_dir: str | Path) -> dict[str, Any]:
         "answer_found": sum(r["answer_found"] for r in records) / n,
         "format_followed": sum(r["format_followed"] for r in records) / n,
         "mean_output_tokens": statistics.fmean(lengths), "median_output_tokens": statistics.median(lengths),
+        "p90_output_tokens": sorted(lengths)[math.ceil(0.9 * n) - 1], "max_output_tokens": max(lengths),
         "hit_limit": sum(r["hit_limit"] for r in records),
         "decoding": {"do_sample": cfg.temperature > 0, "temperature": cfg.temperature, "top_p": cfg.top_p,
                      "max_new_tokens": cfg.max_new_tokens, "stop": stop or tok.eos_token, "seed": cfg.seed},

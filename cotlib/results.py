@@ -10,7 +10,7 @@ from .files import read_json
 
 COLUMNS = ["cell", "dataset", "student", "method", "teacher", "level", "format", "train_dataset", "n",
            "accuracy", "ci95_low", "ci95_high", "strict_accuracy", "format_followed",
-           "mean_output_tokens", "hit_limit"]
+           "mean_output_tokens", "hit_limit", "backend", "weights"]
 
 
 def collect(root: str | Path, cells: list[str] | None = None) -> pd.DataFrame:

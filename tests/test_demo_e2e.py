@@ -38,6 +38,7 @@ def test_real_notebooks_run_the_whole_loop(tmp_project, embedded_model_dir):
     assert len(rows) == 4 and {r["status"] for r in rows} <= {"ok", "failed"}
     ev = json.loads((g.output_root / [c for c in g.cells if c.stage == "evaluate"][-1].name / "metrics.json").read_text())
     assert ev["n"] == 4 and 0 <= ev["ci95_low"] <= ev["accuracy"] <= ev["ci95_high"] <= 1
+    assert 0 < ev["median_output_tokens"] <= ev["p90_output_tokens"] <= ev["max_output_tokens"] <= 24  # max_new_tokens
     assert ev["lineage"]["level"] == 5 and ev["lineage"]["method"] == "lora"
     last_sft = [c for c in g.cells if c.stage == "sft"][-1]
     sft = json.loads((g.output_root / last_sft.name / "metrics.json").read_text())

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from cotlib import grid as runner
+from cotlib import results
 from cotlib.config import GenerateConfig, load_grid
 from cotlib.files import iter_jsonl
 from cotlib.teachers import run_generate
@@ -57,6 +58,8 @@ def test_vllm_evaluation_of_a_lora_student_matches_peft_through_the_notebooks(tm
         rows = list(iter_jsonl(d / "parity.jsonl"))
         assert len(rows) == 8 and all(r["same_answer"] for r in rows)
     assert set(metrics) == {"base", "adapter", "merged"}
+    table = results.collect(g.output_root)
+    assert sorted(table.weights) == ["adapter", "base", "merged"] and set(table.backend) == {"vllm"}
     sft_dir = g.output_root / [c for c in g.cells if c.stage == "sft"][0].name
     assert (sft_dir / "merged" / "config.json").exists() and (sft_dir / "adapter").exists()
     assert outputs["adapter"] != outputs["base"]  # vLLM applied the adapter
