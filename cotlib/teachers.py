@@ -117,19 +117,24 @@ def _failed_row(ex: data.Example, reason: str) -> dict[str, Any]:
             "hit_limit": False, "steps": 0, "words": 0, "status": "failed", "reason": reason}
 
 
+_ANSWER = re.compile(r"the answer is", re.IGNORECASE)
+
+
 def cut_after_answer(cot: str) -> str:
     """The reply up to the end of its first answer line. A teacher that keeps going after it (a small
     model looping on "The answer is 12.") would otherwise teach the student to loop."""
     first = _ANSWER.search(cot)
     if first is None:
         return cot
-    newline = cot.find("\n", first.end())
-    end = len(cot) if newline < 0 else newline
-    again = _ANSWER.search(cot, first.end(), end)
-    return cot[:again.start() if again else end].strip()
-
-
-_ANSWER = re.compile(r"the answer is", re.IGNORECASE)
+    end = first.end()
+    while True:  # to the end of the line, or of the next line when the answer sits there alone
+        newline = cot.find("\n", end)
+        line_end = len(cot) if newline < 0 else newline
+        if cot[first.end():line_end].strip() or line_end == len(cot):
+            break
+        end = line_end + 1
+    again = _ANSWER.search(cot, first.end(), line_end)
+    return cot[:again.start() if again else line_end].strip()
 
 
 def _row(ex: data.Example, reply: dict[str, Any], cfg: GenerateConfig) -> dict[str, Any]:

@@ -23,7 +23,7 @@ def _targets_csv() -> list[dict]:
 
 def test_targets_rise_with_the_level_for_every_dataset():
     rows = _targets_csv()
-    assert {r["dataset"] for r in rows} == set(data.DATASETS)
+    assert {r["dataset"] for r in rows} == set(data.DATASETS) == set(prompts.EXEMPLAR_FOR)
     for ds in data.DATASETS:
         words = [prompts.target_words(ds, level) for level in range(1, 7)]
         assert all(a < b for a, b in zip(words, words[1:])), (ds, words)

@@ -107,6 +107,15 @@ def test_a_reply_that_runs_on_after_its_answer_line_is_cut_there(tmp_path):
         assert r["completion"].count(prompts.ANSWER_PREFIX) == 1 and "And so on" not in r["completion"]
 
 
+@pytest.mark.parametrize("reply,kept", [
+    ("3 + 4 = 7.\nThe answer is 7", "3 + 4 = 7.\nThe answer is 7"),
+    ("So x = 1/2.\nThe answer is\n\n$\\frac{1}{2}$\nNext question: ...", "So x = 1/2.\nThe answer is\n\n$\\frac{1}{2}$"),
+    ("No answer line at all", "No answer line at all"),
+])
+def test_cut_after_answer_keeps_an_answer_on_its_own_line(reply, kept):
+    assert teachers.cut_after_answer(reply) == kept
+
+
 def test_missing_api_key_fails_before_any_request(tmp_path, monkeypatch):
     monkeypatch.delenv("COTLIB_TEST_KEY", raising=False)
     with FakeOpenAI() as srv:
