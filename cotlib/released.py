@@ -161,3 +161,14 @@ def load_rows(f: ReleasedFile) -> list[dict]:
         out.append({"question": r["instruction"], "text": str(r.get(f.response, "")), "gold": ex.answer,
                     "answer_type": kind, "choices": ex.choices})
     return out
+
+
+def level_bands(dataset: str) -> dict[int, tuple[float, float]]:
+    """Per granularity level, the range over the paper's LLM teachers of mean words per plain CoT in
+    the release files at hand: what a level prompt is calibrated against."""
+    means: dict[int, list[float]] = {}
+    for f in local_files():
+        if f.dataset == dataset and f.level and f.format == "cot" and f.teacher not in ("human", "answer-only"):
+            rows = load_rows(f)
+            means.setdefault(f.level, []).append(sum(len(r["text"].split()) for r in rows) / len(rows))
+    return {level: (min(v), max(v)) for level, v in sorted(means.items())}

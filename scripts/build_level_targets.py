@@ -15,7 +15,6 @@ SVAMP's targets.
 from __future__ import annotations
 
 import csv
-import statistics
 from pathlib import Path
 
 from cotlib import data, released
@@ -23,15 +22,6 @@ from cotlib import data, released
 OUT = Path(__file__).resolve().parents[1] / "cotlib" / "resources" / "level_targets.csv"
 STEP = 1.05  # the least step between levels
 MAX_STEP = 1.25  # the most step carried on into levels the release lacks
-
-
-def released_means() -> dict[tuple[str, int], list[float]]:
-    means: dict[tuple[str, int], list[float]] = {}
-    for f in released.local_files():
-        if f.level and f.format == "cot" and f.teacher not in ("human", "answer-only"):
-            rows = released.load_rows(f)
-            means.setdefault((f.dataset, f.level), []).append(statistics.fmean(len(r["text"].split()) for r in rows))
-    return means
 
 
 def targets(bands: dict[int, tuple[float, float]]) -> dict[int, tuple[float, bool]]:
@@ -56,11 +46,9 @@ def targets(bands: dict[int, tuple[float, float]]) -> dict[int, tuple[float, boo
 
 
 def main() -> None:
-    means = released_means()
     rows = []
     for dataset in data.DATASETS:
-        source = "svamp" if dataset == "demo-arith" else dataset
-        bands = {lv: (min(v), max(v)) for (ds, lv), v in means.items() if ds == source}
+        bands = released.level_bands("svamp" if dataset == "demo-arith" else dataset)
         if not bands:
             continue
         for level, (t, ok) in targets(bands).items():
@@ -68,8 +56,7 @@ def main() -> None:
             rows.append({"dataset": dataset, "level": level,
                          "released_min": f"{lo:.1f}" if lo is not None else "",
                          "released_max": f"{hi:.1f}" if hi is not None else "",
-                         "n_teachers": len(means.get((source, level), [])), "target_words": t,
-                         "in_band": "" if lo is None else str(ok).lower()})
+                         "target_words": t, "in_band": "" if lo is None else str(ok).lower()})
     with OUT.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
