@@ -68,7 +68,7 @@ def main() -> int:
         del model
         start = time.perf_counter()
         llm = vllm_backend.make_llm(models.resolve_path(models.EMBEDDED), seed=0,
-                                    max_model_len=max(len(tok(q)["input_ids"]) for q in prompts) + a.max_new_tokens)
+                                    max_model_len=vllm_backend.max_model_len(tok, prompts, a.max_new_tokens))
         t_start = time.perf_counter() - start
         start = time.perf_counter()
         fast = vllm_backend.generate(llm, tok, prompts, **kw)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import gc
 import math
-import os
-import shutil
 import statistics
 import time
 from dataclasses import dataclass
@@ -14,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from filelock import FileLock
 
 from . import cells, data, models, vllm_backend
 from .config import EvaluateConfig, template_for
@@ -70,27 +67,11 @@ def student_weights(cfg: EvaluateConfig, cell_dir: Path) -> Weights:
     sft_dir = cells.grid_root(cell_dir) / cfg.sft_cell
     if (sft_dir / "adapter").exists():
         if cfg.lora == "merge":
-            return Weights("merged", path=merged_model(cfg.student, sft_dir))
+            return Weights("merged", path=models.merged_model(cfg.student, sft_dir))
         return Weights("adapter", adapter=sft_dir / "adapter")
     if (sft_dir / "model").exists():
         return Weights("full", path=sft_dir / "model")
     raise FileNotFoundError(f"no trained weights in {sft_dir} (adapter/ or model/): run the sft cell {cfg.sft_cell!r} first")
-
-
-def merged_model(student: str, sft_dir: Path) -> Path:
-    """The adapter merged into its base, saved once beside it (sft `merge: true` saves the same folder)."""
-    target = sft_dir / "merged"
-    with FileLock(str(sft_dir / "merged.lock")):
-        if (target / "config.json").exists():
-            return target
-        model = models.load_model(student, adapter=sft_dir / "adapter").merge_and_unload()
-        tmp = sft_dir / "merged.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        models.load_tokenizer(student).save_pretrained(tmp)
-        os.replace(tmp, target)
-        del model
-    return target
 
 
 def trained_stop_token(cfg: EvaluateConfig, cell_dir: Path) -> str | None:
@@ -113,23 +94,23 @@ def _transformers_generate(cfg: EvaluateConfig, weights: Weights, tok, prompts_:
 
 
 def _vllm_generate(cfg: EvaluateConfig, weights: Weights, tok, prompts_: list[str], stop: str | None) -> list[Generation]:
-    longest = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts_)
     llm = vllm_backend.make_llm(weights.path or models.resolve_path(cfg.student), seed=cfg.seed,
-                                max_model_len=longest + cfg.max_new_tokens,
+                                max_model_len=vllm_backend.max_model_len(tok, prompts_, cfg.max_new_tokens),
                                 lora_rank=vllm_backend.lora_rank(weights.adapter) if weights.adapter else None,
                                 gpu_memory_utilization=cfg.gpu_memory_utilization)
     return vllm_backend.generate(llm, tok, prompts_, max_new_tokens=cfg.max_new_tokens, stop=stop,
                                  temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, adapter=weights.adapter)
 
 
-def parity(examples: list[data.Example], vllm_gens: list[Generation], hf_gens: list[Generation]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """How often vLLM and transformers agree on the same prompts: text, extracted answer, correctness."""
+def parity(records: list[dict[str, Any]], examples: list[data.Example], hf_gens: list[Generation]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """How often vLLM (the graded records) and transformers agree on the same prompts: text,
+    extracted answer, correctness."""
     rows = []
-    for ex, v, h in zip(examples, vllm_gens, hf_gens):
-        gv, gh = grade(v.text, ex.answer, ex.answer_type, ex.choices), grade(h.text, ex.answer, ex.answer_type, ex.choices)
-        rows.append({"id": ex.id, "same_output": v.text == h.text, "same_answer": gv.extracted == gh.extracted,
-                     "same_correct": gv.correct == gh.correct, "vllm_answer": gv.extracted,
-                     "transformers_answer": gh.extracted, "vllm_output": v.text, "transformers_output": h.text})
+    for r, ex, h in zip(records, examples, hf_gens):
+        gh = grade(h.text, ex.answer, ex.answer_type, ex.choices)
+        rows.append({"id": ex.id, "same_output": r["output"] == h.text, "same_answer": r["extracted"] == gh.extracted,
+                     "same_correct": r["correct"] == gh.correct, "vllm_answer": r["extracted"],
+                     "transformers_answer": gh.extracted, "vllm_output": r["output"], "transformers_output": h.text})
     n = len(rows)
     summary = {"n": n, **{k: sum(r[k] for r in rows) / n for k in ("same_output", "same_answer", "same_correct")}}
     return summary, rows
@@ -173,11 +154,11 @@ def run_evaluate(cfg: EvaluateConfig, cell_dir: str | Path) -> dict[str, Any]:
                      "max_new_tokens": cfg.max_new_tokens, "stop": stop or tok.eos_token, "seed": cfg.seed},
         "backend": cfg.backend, "weights": weights.kind, "generation_seconds": seconds,
         "lineage": lineage(cfg, cell_dir),
-        **({"parity": _write_parity(cell_dir, examples, gens, reference)} if reference is not None else {}),
+        **({"parity": _write_parity(cell_dir, records, examples, reference)} if reference is not None else {}),
     }
 
 
-def _write_parity(cell_dir: Path, examples: list[data.Example], gens: list[Generation], reference: list[Generation]) -> dict[str, Any]:
-    summary, rows = parity(examples, gens, reference)
+def _write_parity(cell_dir: Path, records: list[dict[str, Any]], examples: list[data.Example], reference: list[Generation]) -> dict[str, Any]:
+    summary, rows = parity(records, examples, reference)
     write_jsonl(cell_dir / "parity.jsonl", rows)
     return summary

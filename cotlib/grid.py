@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from . import cells
 from .files import atomic_write_json, read_json
-from .config import Cell, Grid, GridError
+from .config import STAGES, Cell, Grid, GridError
 
 
 @dataclass
@@ -215,12 +215,12 @@ def estimate(grid: Grid, states: list[CellState] | None = None) -> dict[str, dic
     (runtime.json): device-hours on the device they ran on."""
     states = states or status(grid)
     out: dict[str, dict] = {}
-    for stage in ("generate", "sft", "evaluate", "figures"):
-        done = [s for s in states if s.cell.stage == stage and s.state == "done"]
+    for stage in STAGES:
         todo = [s for s in states if s.cell.stage == stage and s.state != "done"]
-        runs = [read_json(p) for s in done if (p := cell_dir(grid, s.cell) / "runtime.json").exists()]
         if not todo:
             continue
+        done = [s for s in states if s.cell.stage == stage and s.state == "done"]
+        runs = [read_json(p) for s in done if (p := cell_dir(grid, s.cell) / "runtime.json").exists()]
         if not runs:
             out[stage] = {"to_run": len(todo), "hours": None, "device": None}
             continue

@@ -150,21 +150,41 @@ def load_tokenizer(name: str):
     return tok
 
 
+def inference_dtype():
+    """bf16 on a GPU that has it, else fp32: the precision every inference backend uses here."""
+    import torch
+
+    return torch.bfloat16 if device() == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+
+
 def load_model(name: str, adapter: str | Path | None = None, dtype: str = "auto", path: str | Path | None = None):
     """A causal LM for inference, with a LoRA adapter applied (not merged) when given; `path`: trained
     weights of the registered model `name` (a fully fine-tuned or merged student)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    dev = device()
-    if dtype == "auto":
-        torch_dtype = torch.bfloat16 if dev == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    else:
-        torch_dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(str(path or resolve_path(name)), dtype=torch_dtype).to(dev)
+    torch_dtype = inference_dtype() if dtype == "auto" else getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(path or resolve_path(name)), dtype=torch_dtype).to(device())
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
     return model
+
+
+def merged_model(student: str, sft_dir: Path) -> Path:
+    """The sft cell's LoRA adapter merged into its base, saved once beside it (atomically, under a lock:
+    several evaluate cells may ask at once)."""
+    target = sft_dir / "merged"
+    with FileLock(str(sft_dir / "merged.lock")):
+        if (target / "config.json").exists():
+            return target
+        model = load_model(student, adapter=sft_dir / "adapter").merge_and_unload()
+        tmp = sft_dir / "merged.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        load_tokenizer(student).save_pretrained(tmp)
+        os.replace(tmp, target)
+        del model
+    return target

@@ -47,9 +47,8 @@ def _local_replies(cfg: GenerateConfig, todo: list[data.Example]) -> Iterator[tu
     tok = models.load_tokenizer(cfg.teacher)
     texts = [tok.apply_chat_template(_messages(cfg, ex), tokenize=False, add_generation_prompt=True) for ex in todo]
     if cfg.backend == "vllm":
-        longest = max((len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts), default=0)
         llm = vllm_backend.make_llm(models.resolve_path(cfg.teacher), seed=cfg.seed,
-                                    max_model_len=longest + cfg.max_new_tokens)
+                                    max_model_len=vllm_backend.max_model_len(tok, texts, cfg.max_new_tokens))
 
         def run(part: list[str]):
             return vllm_backend.generate(llm, tok, part, max_new_tokens=cfg.max_new_tokens,

@@ -168,9 +168,7 @@ def _train(cfg: SftConfig, cell_dir: Path, pairs: list[dict], too_long: int, tok
     if trainer.is_world_process_zero():
         tok.save_pretrained(str(out))
         if cfg.merge and cfg.method == "lora":
-            merged = trainer.model.merge_and_unload()
-            merged.save_pretrained(str(cell_dir / "merged"))
-            tok.save_pretrained(str(cell_dir / "merged"))
+            models.merged_model(cfg.student, cell_dir)
         atomic_write_json(cell_dir / "loss.json", log)
     lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
     seen = min((trainer.state.global_step - first_step) * cfg.batch_size * cfg.grad_accum * cfg.num_gpus,

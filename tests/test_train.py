@@ -126,7 +126,6 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, embedded_model_di
 
 def test_multi_gpu_runs_through_accelerate_launch(tmp_path, embedded_model_dir):
     import subprocess
-    import sys
 
     from cotlib.train import launch_command
 
