@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from cotlib import data, models, vllm_backend
+from cotlib import data, hardware, models, vllm_backend
 from cotlib.config import template_for
 from cotlib.generation import generate
 from cotlib.grading import grade
@@ -56,7 +56,7 @@ def main() -> int:
         return f"{label:<16}: {seconds:7.1f} s  {len(prompts) / seconds:6.2f} questions/s  {tokens / seconds:7.1f} tokens/s"
 
     print(f"{len(prompts)} {a.dataset} test questions, SmolLM2-135M, greedy, max {a.max_new_tokens} new tokens, "
-          f"{torch.get_num_threads()} CPU threads, {models.device()}")
+          f"{torch.get_num_threads()} CPU threads, {hardware.device()}")
     print(row(f"batched ({a.batch_size})", t_batched))
     if not a.no_single:
         start = time.perf_counter()

@@ -11,6 +11,7 @@ grader and the line check disagree go to a table for review.
 from __future__ import annotations
 
 import argparse
+import random
 import re
 import sys
 import time
@@ -87,14 +88,29 @@ def run(out: Path) -> pd.DataFrame:
     return by_ds
 
 
+def extra_acceptances(out: Path, n: int, seed: int = 16) -> pd.DataFrame:
+    """`n` random rows the grader accepts although the plain line check rejects them."""
+    d = pd.read_csv(out / "disagreements.csv", keep_default_na=False)
+    extra = d[(d["grader_correct"].astype(str) == "True") & (d["line_right"].astype(str) == "False")]
+    rows = sorted(random.Random(seed).sample(range(len(extra)), min(n, len(extra))))
+    return extra.iloc[rows]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("outputs/benchmarks/grader_agreement"))
+    p.add_argument("--sample", type=int, default=20, help="extra acceptances to print for review")
     args = p.parse_args()
     by_ds = run(args.out)
     print(by_ds.to_string(float_format=lambda v: f"{v:.2f}"))
+    n_extra = int(by_ds.loc["ALL", "graded_correct_when_line_wrong"])
+    print(f"\nextra acceptances (graded correct, plain line check says wrong): {n_extra}; {args.sample} at random:")
+    for _, r in extra_acceptances(args.out, args.sample).iterrows():
+        print(f"  [{r['dataset']}] gold {r['gold']!r:24} line {str(r['answer_line'])[:70]!r:74} read {r['grader_extracted']!r}")
     worst = by_ds["agreement_%"].min()
     print(f"\ngoal: >= 99.5% of CoTs whose answer line is right are graded correct; lowest dataset: {worst:.2f}%")
+    print(f"grader_agreement: lowest dataset {worst:.2f}% of {int(by_ds.loc['ALL', 'line_right'])} right answer lines; "
+          f"{n_extra} extra acceptances")
     return 0 if worst >= 99.5 else 1
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from . import redaction
 from .cache import ResponseCache
 
 
@@ -34,6 +35,25 @@ class ApiSettings:
     temperature: float
     max_tokens: int
     seed: int | None
+    max_retry_after_s: float = 120.0
+
+
+def settings_for(cfg) -> ApiSettings:
+    """A generate cell's API settings: the served model name defaults to the registry's id for the teacher."""
+    from . import models
+
+    spec = models.REGISTRY.get(cfg.teacher)
+    return ApiSettings(base_url=cfg.api.base_url, model=cfg.api.model or (spec.hub_id if spec else cfg.teacher),
+                       api_key_env=cfg.api.api_key_env, concurrency=cfg.api.concurrency,
+                       requests_per_minute=cfg.api.requests_per_minute, max_retries=cfg.api.max_retries,
+                       timeout_s=cfg.api.timeout_s, temperature=cfg.temperature, max_tokens=cfg.max_new_tokens,
+                       seed=cfg.seed, max_retry_after_s=cfg.api.max_retry_after_s)
+
+
+def requirement(env: str | None):
+    from .environment import Requirement
+
+    return Requirement(("api-key", env or ""), lambda dry_run: api_key(env))
 
 
 def api_key(env: str | None) -> str:
@@ -44,26 +64,32 @@ def api_key(env: str | None) -> str:
     if not key:
         raise ApiError(f"the API key variable {env} is not set: export {env}=... before running "
                        f"(or set api_key_env: null for a local server that needs no key)")
+    redaction.register(key)  # from here on, no stored or printed message can carry it
     return key
 
 
 class RateLimiter:
-    """Spaces request starts to at most `per_minute` (a small hand-written limiter: one asyncio lock)."""
+    """Spaces request starts to at most `per_minute`, and holds every worker back while a server has
+    asked (Retry-After) for a pause. A small hand-written limiter: one asyncio lock, no dependency
+    among ours does both."""
 
     def __init__(self, per_minute: float | None):
         self.interval = 60.0 / per_minute if per_minute else 0.0
         self._next = 0.0
+        self._paused_until = 0.0
         self._lock = asyncio.Lock()
 
+    def pause(self, seconds: float) -> None:
+        """No request starts for `seconds` (a 429's Retry-After applies to the whole client)."""
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
     async def wait(self) -> None:
-        if not self.interval:
-            return
         async with self._lock:
             now = time.monotonic()
-            delay = self._next - now
-            self._next = max(now, self._next) + self.interval
-        if delay > 0:
-            await asyncio.sleep(delay)
+            start = max(now, self._next, self._paused_until)
+            self._next = start + self.interval
+        if start > now:
+            await asyncio.sleep(start - now)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -76,7 +102,20 @@ def _retryable(exc: BaseException) -> bool:
 
 def _describe(exc: BaseException) -> str:
     status = getattr(exc, "status_code", None)
-    return f"{type(exc).__name__}{f' {status}' if status else ''}: {str(exc)[:200]}"
+    return redaction.redact(f"{type(exc).__name__}{f' {status}' if status else ''}: {str(exc)[:200]}")
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The seconds a server asked to wait (Retry-After, or retry-after-ms), where it said so."""
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    try:
+        if "retry-after-ms" in headers:
+            return float(headers["retry-after-ms"]) / 1000
+        if "retry-after" in headers:
+            return float(headers["retry-after"])
+    except (TypeError, ValueError):
+        return None  # an HTTP date: fall back to backoff
+    return None
 
 
 def request_for(settings: ApiSettings, messages: list[dict[str, str]]) -> dict[str, Any]:
@@ -85,16 +124,35 @@ def request_for(settings: ApiSettings, messages: list[dict[str, str]]) -> dict[s
             "max_tokens": settings.max_tokens, "seed": settings.seed}
 
 
+def _wait(settings: ApiSettings, limiter: RateLimiter):
+    """Exponential backoff with jitter, or the server's Retry-After (capped) when it gave one; a
+    Retry-After also pauses every other worker through the limiter."""
+    from tenacity import wait_random_exponential
+
+    backoff = wait_random_exponential(multiplier=0.5, max=30)
+
+    def wait(state) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        asked = retry_after(exc) if exc is not None else None
+        if asked is None:
+            return backoff(state)
+        seconds = min(asked, settings.max_retry_after_s)
+        limiter.pause(seconds)
+        return seconds
+
+    return wait
+
+
 async def _one(client, settings: ApiSettings, request: dict[str, Any], limiter: RateLimiter,
                sem: asyncio.Semaphore) -> dict[str, Any]:
-    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
     attempts = 0
     async with sem:
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(_retryable), stop=stop_after_attempt(settings.max_retries + 1),
-                wait=wait_random_exponential(multiplier=0.5, max=30), reraise=True,
+                wait=_wait(settings, limiter), reraise=True,
             ):
                 with attempt:
                     attempts += 1
@@ -108,6 +166,8 @@ async def _one(client, settings: ApiSettings, request: dict[str, Any], limiter: 
             raise TypeError("no text content in the reply")
     except (AttributeError, IndexError, TypeError) as exc:
         return {"ok": False, "reason": f"malformed reply: {exc}", "attempts": attempts}
+    if not text.strip():  # a 200 with nothing in it is a failure to retry, never a cached answer
+        return {"ok": False, "reason": "empty reply", "attempts": attempts}
     usage = getattr(resp, "usage", None)
     return {"ok": True, "text": text, "attempts": attempts,
             "completion_tokens": getattr(usage, "completion_tokens", None),

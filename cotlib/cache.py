@@ -23,10 +23,12 @@ class ResponseCache:
         return self.root / key[:2] / f"{key}.json"
 
     def get(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """A stored good reply, or None (an entry without text, e.g. one an older version cached, is ignored)."""
         try:
-            return json.loads(self._path(request_key(request)).read_text(encoding="utf-8"))["response"]
-        except (FileNotFoundError, ValueError, KeyError):
+            hit = json.loads(self._path(request_key(request)).read_text(encoding="utf-8"))["response"]
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
+        return hit if isinstance(hit, dict) and str(hit.get("text") or "").strip() else None
 
     def put(self, request: dict[str, Any], response: dict[str, Any]) -> None:
         atomic_write_json(self._path(request_key(request)), {"request": request, "response": response})

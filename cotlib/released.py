@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import functools
+import gzip
+import hashlib
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +18,6 @@ RELEASE_REPO = "EIT-NLP/Distilling-CoT-Reasoning"
 RELEASE_COMMIT = "cc33822"
 RELEASE_URL = f"https://github.com/{RELEASE_REPO}/tree/{RELEASE_COMMIT}/data"
 
-_DATASET = {"svamp": "svamp", "gsm8k": "gsm8k", "gsm": "gsm8k", "aqua": "aqua", "auqa": "aqua", "math": "math",
-            "csqa": "csqa", "commonsenseqa": "csqa", "cqa": "csqa", "ecqa": "csqa", "obqa": "obqa",
-            "openbookqa": "obqa", "stqa": "strategyqa", "strategyqa": "strategyqa"}
 _TEACHER = {"chatgpt": "gpt-4o", "gemini": "gemini-1.5-flash", "llama": "llama-3-70b"}
 _FORMAT = {"bsm": "bsm", "rar": "rar", "sym": "sym", "symbolic": "sym"}
 
@@ -37,7 +37,7 @@ def parse_name(name: str) -> ReleasedFile | None:
     stem = re.sub(r"\.json(\.gz)?$", "", name)
     low = stem.lower()
     ds_key = re.match(r"(?:0_)?([a-z0-9]+)", low)
-    dataset = _DATASET.get(ds_key.group(1)) if ds_key else None
+    dataset = data.release_dataset(ds_key.group(1)) if ds_key else None
     if dataset is None:
         return None
     level_m = re.search(r"level_?(\d)", low)
@@ -62,9 +62,13 @@ def release_dir() -> Path:
     return data.data_root() / "paper_sft"
 
 
+def _base(name: str) -> str:
+    return re.sub(r"(\.json)?(\.gz)?$", "", name) + ".json"
+
+
 def find_file(name: str) -> Path:
     """The local copy of a release file, or a clear error naming it and where to get it."""
-    base = re.sub(r"(\.json)?(\.gz)?$", "", name) + ".json"
+    base = _base(name)
     for cand in (release_dir() / base, release_dir() / f"{base}.gz"):
         if cand.exists():
             return cand
@@ -95,36 +99,73 @@ def checksum(name: str) -> str | None:
     return next((r["sha256"] for r in _catalog_rows() if r["file"] in (name, f"{name}.json") and r["sha256"]), None)
 
 
-def download(name: str, dest: Path | None = None) -> Path:
-    """Fetch a release file at the pinned commit and check it against the catalog's checksum."""
-    import hashlib
+_verified: dict[tuple[str, int, int], None] = {}
+
+
+def verify(path: Path) -> Path:
+    """A local copy is the released file: its JSON text has the catalog's sha256 (a tampered or truncated
+    copy is refused, naming the file). Checked once per file version per process."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key in _verified:
+        return path
+    want = checksum(path.name.removesuffix(".gz"))
+    if want is not None:
+        try:
+            blob = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        except (OSError, EOFError, zlib.error) as err:
+            raise data.DataError(f"{path}: damaged or truncated ({type(err).__name__}: {err}); replace it with the "
+                                 f"released file from {RELEASE_URL}/{_base(path.name)}") from None
+        got = hashlib.sha256(blob).hexdigest()
+        if got != want:
+            raise data.DataError(f"{path}: sha256 {got} is not the release's {want}: the file was changed or damaged; "
+                                 f"replace it with the released file from {RELEASE_URL}/{_base(path.name)}")
+    _verified[key] = None
+    return path
+
+
+def download(name: str, dest: Path | None = None, timeout_s: float = 10.0) -> Path:
+    """Fetch a release file at the pinned commit, check it against the catalog's checksum, and write it
+    atomically (a partial download never counts as present). `timeout_s` bounds connecting and each read,
+    so a hanging network fails in seconds, not minutes."""
     import urllib.request
 
-    base = re.sub(r"(\.json)?(\.gz)?$", "", name) + ".json"
+    from .files import atomic_write_bytes
+
+    base = _base(name)
     dest = dest or release_dir() / base
     url = f"https://raw.githubusercontent.com/{RELEASE_REPO}/{RELEASE_COMMIT}/data/{base}"
-    with urllib.request.urlopen(url, timeout=120) as resp:
+    with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (a fixed https URL)
         blob = resp.read()
     want = checksum(base)
     got = hashlib.sha256(blob).hexdigest()
     if want and got != want:
         raise data.DataError(f"{url}: sha256 {got} does not match the catalog's {want}; not saved")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(blob)
-    return dest
+    return atomic_write_bytes(dest, blob)
 
 
-def ensure_file(name: str) -> Path:
-    """The local copy, downloading it (checksum-verified) when it is missing; a clear error otherwise."""
+def ensure_file(name: str, download_missing: bool = True) -> Path:
+    """The verified local copy, downloading it (checksum-verified) when it is missing; a clear error otherwise."""
     try:
-        return find_file(name)
+        return verify(find_file(name))
     except data.DataError as missing:
+        if "is not in" not in str(missing):
+            raise  # present but damaged: never replaced silently
+        if not download_missing:
+            raise data.DataError(f"{missing}; `cotlib run` will try to download it") from None
         try:
             return download(name)
         except data.DataError:
             raise
         except OSError as err:
             raise data.DataError(f"{missing} (download failed: {err})") from None
+
+
+def requirement(name: str):
+    """A replayed file must be here and intact, or downloadable (not tried in a dry run)."""
+    from .environment import Requirement
+
+    return Requirement(("release", name), lambda dry_run: ensure_file(name, download_missing=not dry_run))
 
 
 def local_files() -> list[ReleasedFile]:
@@ -136,14 +177,10 @@ def local_files() -> list[ReleasedFile]:
     return out
 
 
-def norm_question(q: str) -> str:
-    return " ".join(q.split())
-
-
 def load_rows(f: ReleasedFile) -> list[dict]:
     """Rows {question, text, gold, answer_type, choices} with gold answers aligned by question text."""
     rows = data.read_json_records(ensure_file(f.name))
-    kind = data.ANSWER_TYPES[f.dataset]
+    kind = data.spec(f.dataset).answer_type
     if f.dataset == "math":
         return [{"question": r["problem"], "text": str(r.get(f.response, "")), "gold": data.math_gold(r),
                  "answer_type": kind, "choices": None} for r in rows]
@@ -152,10 +189,10 @@ def load_rows(f: ReleasedFile) -> list[dict]:
     if f.dataset == "strategyqa":  # the human file also holds the 290 test questions
         golds = golds + data.load_examples(f.dataset, "test", source="local")
     for ex in golds:
-        gold_by_q.setdefault(norm_question(ex.question), ex)
+        gold_by_q.setdefault(data.norm_question(ex.question), ex)
     out = []
     for r in rows:
-        ex = gold_by_q.get(norm_question(r["instruction"]))
+        ex = gold_by_q.get(data.norm_question(r["instruction"]))
         if ex is None:
             continue
         out.append({"question": r["instruction"], "text": str(r.get(f.response, "")), "gold": ex.answer,

@@ -16,12 +16,10 @@ from typing import Any
 
 import yaml
 
-from . import cells, models
-from .config import SftConfig, template_for
+from . import hardware, models, prompts
+from .schemas import SftConfig
+from .stages import Context
 from .files import atomic_write_json, read_json, read_jsonl, write_jsonl
-
-STAGE = "sft"
-
 
 class TrainError(RuntimeError):
     """Training cannot start as configured; the message says why and what to change."""
@@ -42,21 +40,20 @@ def check_method(method: str, num_gpus: int = 1) -> None:
         raise TrainError(f"num_gpus: {num_gpus} asked for, {torch.cuda.device_count()} visible")
 
 
-def _train_file(cfg: SftConfig, cell_dir: Path) -> Path:
-    path = cells.grid_root(cell_dir) / cfg.generate_cell / "sft.jsonl"
-    if not path.exists():
-        raise TrainError(f"training data {path} not found: run its generate cell {cfg.generate_cell!r} first")
-    return path
+def requirement(method: str, num_gpus: int):
+    from .environment import Requirement
+
+    return Requirement(("method", method, str(num_gpus)), lambda dry_run: check_method(method, num_gpus), on_device=True)
 
 
 def build_dataset(cfg: SftConfig, rows: list[dict], tokenizer) -> tuple[list[dict], int]:
     """Prompt-completion pairs in the student's template; over-long ones are dropped or refused."""
-    template = template_for(cfg.student)
+    template = prompts.template_for(cfg.student)
     stop = end_token(cfg, tokenizer.eos_token)[0]
     pairs, too_long = [], 0
     for r in rows:
         prompt, completion = template.render(r["question"]), r["completion"].strip() + stop
-        n = len(tokenizer(prompt + completion, add_special_tokens=False)["input_ids"])
+        n = len(tokenizer(prompt + completion)["input_ids"])  # as trl tokenizes it, special tokens included
         if n > cfg.max_length:
             too_long += 1
             continue
@@ -67,21 +64,12 @@ def build_dataset(cfg: SftConfig, rows: list[dict], tokenizer) -> tuple[list[dic
     return pairs, too_long
 
 
-def precision() -> str:
-    """bf16 where the GPU supports it, else fp16 on a GPU, fp32 on a CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
-
-
-def _load_student(cfg: SftConfig):
+def _load_student(cfg: SftConfig, checkpointing: bool):
     import torch
     from transformers import AutoModelForCausalLM
 
     path = models.resolve_path(cfg.student)
-    prec = precision()
+    prec = hardware.train_precision()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[prec]
     kw: dict[str, Any] = {"attn_implementation": cfg.attn_implementation}
     if cfg.method == "qlora":
@@ -91,14 +79,14 @@ def _load_student(cfg: SftConfig):
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                    bnb_4bit_compute_dtype=dtype)
         model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=dtype, **kw)
-        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     # full fine-tuning keeps fp32 master weights (the trainer's autocast does bf16); LoRA stores the frozen base in bf16
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if cfg.method == "full" else dtype, **kw)
 
 
 def end_token(cfg: SftConfig, eos_token: str) -> tuple[str, str]:
     """The text every completion ends with (trained, and the stop token at evaluation), and why."""
-    stop = template_for(cfg.student).stop
+    stop = prompts.template_for(cfg.student).stop
     if stop is None:
         return eos_token, "the template has no end token of its own: the tokenizer's EOS"
     base = not models.spec(cfg.student).instruct
@@ -110,29 +98,93 @@ def end_token(cfg: SftConfig, eos_token: str) -> tuple[str, str]:
     return stop, f"the template's {stop!r}: {why}"
 
 
+def activation_bytes(model_config, batch_size: int, tokens: int) -> int:
+    """What backward keeps of one batch's activations without gradient checkpointing, in fp32: about 8
+    hidden-sized and 4 MLP-sized values per token and layer (measured: SmolLM2, 8 x 436 tokens, 3.1 GB
+    against this estimate's 4.5 GB, so it errs on the side of checkpointing)."""
+    cfg = model_config.get_text_config()
+    per_token_layer = 8 * cfg.hidden_size + 4 * cfg.intermediate_size
+    return 4 * per_token_layer * cfg.num_hidden_layers * batch_size * tokens
+
+
+def use_checkpointing(cfg: SftConfig, model_config, longest: int) -> tuple[bool, str]:
+    """Gradient checkpointing recomputes the forward pass in backward (a third more work); `auto` turns it
+    on only where the activations of the longest batch would not fit in half the free memory."""
+    if cfg.gradient_checkpointing != "auto":
+        return bool(cfg.gradient_checkpointing), "set in the config"
+    need, free = activation_bytes(model_config, cfg.batch_size, longest), hardware.available_memory_bytes()
+    return need > free // 2, f"auto: activations ~{need / 2**30:.1f} GiB, free {free / 2**30:.1f} GiB"
+
+
+def _score_only_completion_tokens_on_cpu() -> bool:
+    """trl's fused LM head scores only the positions that have a label on Triton devices, and every position
+    elsewhere, to keep tile shapes fixed for graph compilers (Neuron). Eager CPU training compiles nothing,
+    and scoring the prompt and padding positions too cost about 40% of a SmolLM2 step here, so on a CPU the
+    head scores the completion tokens only (the loss is the same: the others are masked out either way).
+    Patched only where trl's code is the one this was checked against; else trl runs as it is."""
+    import inspect
+
+    import trl.trainer.utils as trl_utils
+
+    if getattr(trl_utils._use_triton, "cotlib_cpu_compact", False):
+        return True
+    if "compact = _use_triton(hidden_states.device)" not in inspect.getsource(trl_utils.add_fused_lm_head):
+        return False
+    original = trl_utils._use_triton
+
+    def compact_on_cpu(device) -> bool:
+        return device.type == "cpu" or original(device)
+
+    compact_on_cpu.cotlib_cpu_compact = True
+    trl_utils._use_triton = compact_on_cpu
+    return True
+
+
 def make_trainer(cfg: SftConfig, pairs: list[dict], tokenizer, output_dir: Path):
     import torch
     from datasets import Dataset
     from peft import LoraConfig
+    from transformers import AutoConfig
     from trl import SFTConfig, SFTTrainer
 
     peft_config = None
     if cfg.method in ("lora", "qlora"):
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                  target_modules="all-linear", task_type="CAUSAL_LM")
-    prec = precision()
+    prec = hardware.train_precision()
+    longest = max(len(tokenizer(p["prompt"] + p["completion"])["input_ids"]) for p in pairs)
+    checkpointing, why = use_checkpointing(cfg, AutoConfig.from_pretrained(models.resolve_path(cfg.student)), longest)
+    compact = _score_only_completion_tokens_on_cpu() if not torch.cuda.is_available() else None
     args = SFTConfig(
         output_dir=str(output_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=1.0, logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
-        report_to=[], seed=cfg.seed, data_seed=cfg.seed, max_length=cfg.max_length, completion_only_loss=True,
-        eos_token=end_token(cfg, tokenizer.eos_token)[0], padding_free=cfg.padding_free,
-        gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=not torch.cuda.is_available(),
-        bf16=prec == "bf16", fp16=prec == "fp16", dataloader_num_workers=0,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,  # < 1: a share of the steps
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, logging_steps=1, save_strategy="steps",
+        save_steps=cfg.save_steps, save_total_limit=1, report_to=[], seed=cfg.seed, data_seed=cfg.seed,
+        max_length=cfg.max_length, completion_only_loss=True, eos_token=end_token(cfg, tokenizer.eos_token)[0],
+        padding_free=cfg.padding_free, gradient_checkpointing=checkpointing,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        use_cpu=not torch.cuda.is_available(), bf16=prec == "bf16", fp16=prec == "fp16", dataloader_num_workers=0,
     )
-    return SFTTrainer(model=_load_student(cfg), args=args, train_dataset=Dataset.from_list(pairs),
-                      processing_class=tokenizer, peft_config=peft_config)
+    trainer = SFTTrainer(model=_load_student(cfg, checkpointing), args=args, train_dataset=Dataset.from_list(pairs),
+                         processing_class=tokenizer, peft_config=peft_config)
+    trainer.cotlib_speed = {"gradient_checkpointing": checkpointing, "gradient_checkpointing_reason": why,
+                            "group_by_length": cfg.group_by_length, "cpu_compact_lm_head": compact}
+    trainer.data_collator = _TokenCount(trainer.data_collator)
+    return trainer
+
+
+class _TokenCount:
+    """Wraps the collator to count the tokens each batch holds, with and without padding."""
+
+    def __init__(self, collate):
+        self.collate, self.real, self.padded = collate, 0, 0
+
+    def __call__(self, features):
+        batch = self.collate(features)
+        self.padded += batch["input_ids"].numel()
+        self.real += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        return batch
 
 
 def _peak_memory_mb() -> float:
@@ -167,54 +219,60 @@ def _train(cfg: SftConfig, cell_dir: Path, pairs: list[dict], too_long: int, tok
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():
         tok.save_pretrained(str(out))
-        if cfg.merge and cfg.method == "lora":
-            models.merged_model(cfg.student, cell_dir)
+        if cfg.merge:
+            models.merged_model(cfg.student, out, cell_dir / "merged")
         atomic_write_json(cell_dir / "loss.json", log)
-    lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
-    seen = min((trainer.state.global_step - first_step) * cfg.batch_size * cfg.grad_accum * cfg.num_gpus,
-               len(lengths) * cfg.epochs)
+    counted = trainer.data_collator
     return {
         "method": cfg.method, "n_train": len(pairs), "too_long": too_long, "resumed": bool(checkpoints),
         "resumed_from_step": first_step, "steps": trainer.state.global_step, "train_loss": result.training_loss,
         "final_loss": log[-1]["loss"] if log else None, "train_seconds": seconds,
-        "tokens_per_second": seen * sum(lengths) / len(lengths) / seconds if seconds > 0 else None,
-        "peak_memory_mb": _peak_memory_mb(), "precision": precision(),
+        "train_tokens": counted.real, "pad_share": 1 - counted.real / counted.padded if counted.padded else None,
+        "tokens_per_second": counted.real * cfg.num_gpus / seconds if seconds > 0 else None,  # non-padding tokens
+        "peak_memory_mb": _peak_memory_mb(), "precision": hardware.train_precision(), **trainer.cotlib_speed,
         "quantization": "nf4" if cfg.method == "qlora" else None, "num_gpus": cfg.num_gpus,
         "stop_token": stop, "stop_strategy": why, "saved": out.name,
     }
 
 
-def run_sft(cfg: SftConfig, cell_dir: str | Path) -> dict[str, Any]:
-    """Fine-tune one student on one generated set; save the adapter (or model), loss curve and speed."""
-    cell_dir = Path(cell_dir)
-    check_method(cfg.method, cfg.num_gpus)
-    train_file = _train_file(cfg, cell_dir)
+def prepare(cfg: SftConfig, train_file: Path, cell_dir: Path, tok) -> tuple[list[dict], int]:
+    """The training pairs, written to the cell's records.jsonl (what every training process reads)."""
+    if not train_file.exists():
+        raise TrainError(f"training data {train_file} not found: run its generate cell {cfg.generate_cell!r} first")
     rows = read_jsonl(train_file)
     if not rows:
         raise TrainError(f"{train_file} holds no examples (all filtered?): set filter: keep_all or generate more")
-    cells.start(cell_dir, STAGE, cfg, inputs={"train": train_file})
-    tok = models.load_tokenizer(cfg.student)
     pairs, too_long = build_dataset(cfg, rows, tok)
     if not pairs:
         raise TrainError(f"every example exceeds max_length={cfg.max_length}; raise it")
     write_jsonl(cell_dir / "records.jsonl", pairs)
+    atomic_write_json(cell_dir / "prepared.json", {"n_train": len(pairs), "too_long": too_long})
+    return pairs, too_long
+
+
+def run_sft(cfg: SftConfig, ctx: Context) -> dict[str, Any]:
+    """Fine-tune one student on one generated set; save the adapter (or model), loss curve and speed."""
+    check_method(cfg.method, cfg.num_gpus)
+    tok = models.load_tokenizer(cfg.student)
+    pairs, too_long = prepare(cfg, ctx.input("train") / "sft.jsonl", ctx.dir, tok)
     if cfg.num_gpus == 1:
-        return _train(cfg, cell_dir, pairs, too_long, tok)
-    cmd = launch_command(cell_dir, cfg.num_gpus, {"fp32": "no"}.get(precision(), precision()))
+        return _train(cfg, ctx.dir, pairs, too_long, tok)
+    prec = hardware.train_precision()
+    cmd = launch_command(ctx.dir, cfg.num_gpus, {"fp32": "no"}.get(prec, prec))
     done = subprocess.run(cmd, check=False)
     if done.returncode != 0:
         raise TrainError(f"multi-GPU training failed (exit {done.returncode}): {' '.join(cmd)}")
-    return read_json(cell_dir / "train_metrics.json")
+    return read_json(ctx.dir / "train_metrics.json")
 
 
 def _main(cell_dir: str) -> None:
-    """Entry point of each process under `accelerate launch`: train the cell described by its config.yaml."""
+    """Entry point of each process under `accelerate launch`: train the cell its folder describes
+    (config.yaml, and the pairs `prepare` wrote)."""
     d = Path(cell_dir)
     raw = yaml.safe_load((d / "config.yaml").read_text())
     cfg = SftConfig.model_validate({k: v for k, v in raw.items() if k not in ("stage", "config_hash")})
     tok = models.load_tokenizer(cfg.student)
-    pairs, too_long = build_dataset(cfg, read_jsonl(_train_file(cfg, d)), tok)
-    metrics = _train(cfg, d, pairs, too_long, tok)
+    metrics = _train(cfg, d, read_jsonl(d / "records.jsonl"), read_json(d / "prepared.json")["too_long"], tok)
     from accelerate import PartialState
 
     if PartialState().is_main_process:

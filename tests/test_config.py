@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cotlib.config import GridError, expand, load_grid
+from cotlib.expansion import GridError, expand, load_grid
 
 
 def _write(tmp_path: Path, grid: dict) -> Path:

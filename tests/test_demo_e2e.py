@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from cotlib import grid as runner
-from cotlib.config import load_grid
+from cotlib import runner
+from cotlib.expansion import load_grid
 
 pytestmark = pytest.mark.slow
 

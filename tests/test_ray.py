@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cotlib.config import load_grid
+from cotlib.expansion import load_grid
 from tests.test_runner import _runs, stub_grid  # noqa: F401  (the fixture)
 
 ray = pytest.importorskip("ray")

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
-from cotlib import grid as runner
-from cotlib.config import load_grid
+from cotlib import runner
+from cotlib.expansion import load_grid
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from cotlib import grid as runner
+from cotlib import runner
 from cotlib import results
 from cotlib.config import GenerateConfig, load_grid
 from cotlib.files import iter_jsonl

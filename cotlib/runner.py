@@ -1,0 +1,277 @@
+"""Run a grid's cells through papermill: one notebook execution per cell, skipping finished cells,
+recording failures and going on with every cell that does not need them.
+
+A cell is done when its metrics carry its config hash, its stage calls it complete (a generate cell
+with retryable failed rows is `incomplete`), and the inputs it read are unchanged (else `stale`, and
+redone). The local executor runs one cell at a time, depth first: a trained student is evaluated
+before the next one trains, so results arrive while the grid runs. Two runs of one grid cannot
+overlap: the second stops naming the first.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from . import cells, environment, hardware, redaction
+from .expansion import Cell, Grid, GridError
+from .files import atomic_write_json, read_json
+from .stages import STAGES
+
+FINAL_BAD = ("failed", "blocked", "incomplete")
+
+
+@dataclass
+class CellState:
+    cell: Cell
+    state: str  # done | failed | pending | blocked | stale | incomplete
+    detail: str = ""
+
+
+def _soft_inputs_current(grid: Grid, cell: Cell) -> bool:
+    """A soft-dependency cell is current only if it used exactly the upstream cells now finished."""
+    m = cells.read_metrics(grid.cell_dir(cell)) or {}
+    ups = [grid.by_name()[d] for d in cell.deps]
+    finished = sorted(u.name for u in ups if cells.is_done(grid.cell_dir(u), u.stage, u.config))
+    return m.get("inputs") == finished
+
+
+def state_of(grid: Grid, cell: Cell) -> CellState:
+    d = grid.cell_dir(cell)
+    if cells.is_done(d, cell.stage, cell.config):
+        why = STAGES[cell.stage].incomplete(cells.read_metrics(d) or {})
+        if why:
+            return CellState(cell, "incomplete", why)
+        if cell.soft_deps and not _soft_inputs_current(grid, cell):
+            return CellState(cell, "stale", "new upstream results")
+        changed = cells.changed_inputs(d)
+        if changed:
+            return CellState(cell, "stale", f"its input changed since it ran: {', '.join(changed)}")
+        return CellState(cell, "done")
+    err = cells.read_error(d)
+    if err:
+        return CellState(cell, "failed", str(err.get("error", "")))
+    return CellState(cell, "pending")
+
+
+def status(grid: Grid) -> list[CellState]:
+    """Each cell's state; a pending cell whose (hard) upstream failed, is blocked or incomplete shows as blocked."""
+    states: dict[str, CellState] = {}
+    for c in grid.cells:
+        st = state_of(grid, c)
+        if st.state == "pending" and not c.soft_deps:
+            bad = [d for d in c.deps if states[d].state in FINAL_BAD]
+            if bad:
+                st = CellState(c, "blocked", f"upstream not done: {', '.join(bad)}")
+        states[c.name] = st
+    return list(states.values())
+
+
+def _parameters(grid: Grid, cell: Cell) -> dict:
+    return {"cell_dir": str(grid.cell_dir(cell)), "config": cell.config.model_dump(mode="json"),
+            "inputs": grid.inputs_of(cell), "lineage": cell.lineage, "seal": "deferred"}
+
+
+def _logged_kernel(log_path: Path):
+    """A kernel manager whose kernel writes its own stdout/stderr (start-up warnings such as 'running over
+    TCP without encryption', native libraries' messages) to the cell's kernel.log, not the grid's console."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LoggedKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            with open(log_path, "ab") as fh:  # the kernel process keeps its own copy of the descriptor
+                kw["stdout"] = kw["stderr"] = fh
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return LoggedKernelManager
+
+
+def execute_cell(grid: Grid, cell: Cell) -> None:
+    """One papermill execution; the cell is sealed done only when the whole notebook ran. Third-party
+    noise goes to the cell's logs (kernel.log, runner.log), not the grid's console."""
+    import papermill as pm
+
+    d = grid.cell_dir(cell)
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            pm.execute_notebook(
+                str(grid.notebooks[cell.stage]), str(d / "executed.ipynb"), parameters=_parameters(grid, cell),
+                kernel_name=grid.kernel, cwd=str(grid.notebooks[cell.stage].parent), progress_bar=False,
+                log_output=False, request_save_on_cell_execute=True, kernel_manager_class=_logged_kernel(d / "kernel.log"),
+            )
+        except BaseException:
+            cells.unseal(d)  # whatever the stage wrote, the notebook did not finish
+            raise
+        finally:
+            if caught:
+                with open(d / "runner.log", "a", encoding="utf-8") as fh:
+                    fh.writelines(f"{w.category.__name__}: {redaction.redact(str(w.message))}\n" for w in caught)
+    atomic_write_json(d / "runtime.json", {"seconds": time.perf_counter() - t0, **hardware.device_info()})
+    if not cells.seal(d) and not cells.is_done(d, cell.stage, cell.config):
+        raise RuntimeError("the notebook finished without writing its metrics (does it call stages.run_cell?)")
+
+
+def _error_summary(exc: BaseException) -> tuple[str, str]:
+    name = getattr(exc, "ename", type(exc).__name__)
+    value = getattr(exc, "evalue", str(exc))
+    tb = "\n".join(getattr(exc, "traceback", []) or [])
+    return redaction.redact(f"{name}: {value}".strip()), redaction.redact(tb)
+
+
+def needs(grid: Grid) -> list[tuple[str, environment.Requirement]]:
+    """Every cell's requirements, as its stage declares them."""
+    return [(c.name, r) for c in grid.cells for r in STAGES[c.stage].requirements(c.config)]
+
+
+def register_secrets(grid: Grid) -> None:
+    """Keys the grid's cells read are masked in everything the runner prints or stores."""
+    for c in grid.cells:
+        api = getattr(c.config, "api", None)
+        if api is not None:
+            redaction.register_env(api.api_key_env)
+
+
+def preflight(grid: Grid, *, check_devices: bool = True, dry_run: bool = False,
+              log: Callable[[str], None] = print) -> None:
+    """Check what the environment must provide (data and release files, models, API keys, engines, CUDA for
+    QLoRA, a writable output folder) before any kernel starts, and report every problem at once.
+    `check_devices=False` where the cells run elsewhere (a Ray cluster)."""
+    register_secrets(grid)
+    problems = environment.preflight(needs(grid), dry_run=dry_run, device_checks=check_devices, log=log)
+    unwritable = environment.writable(grid.output_root) if not dry_run else None
+    if unwritable:
+        problems.append(unwritable)
+    if problems:
+        raise GridError(f"{grid.path}: cannot start:\n  " + "\n  ".join(redaction.redact(p) for p in problems))
+
+
+def blocked_reason(cell: Cell, upstream: dict[str, str]) -> str | None:
+    """Why a cell cannot run given its upstream cells' states, or None. A soft-dependency cell
+    (figures) runs with whatever finished, and is blocked only when nothing did."""
+    bad = [name for name, state in upstream.items() if state != "done"]
+    if bad and not cell.soft_deps:
+        return f"upstream not done: {', '.join(bad)}"
+    if cell.soft_deps and upstream and len(bad) == len(upstream):
+        return "no upstream cell finished"
+    return None
+
+
+def attempt(grid: Grid, cell: Cell, execute: Callable[[Grid, Cell], None] = execute_cell) -> CellState:
+    """Execute one cell; a failure is recorded in the cell (error.json) and returned, never raised."""
+    try:
+        execute(grid, cell)
+    except Exception as exc:  # a failed cell is recorded and the others go on
+        summary, tb = _error_summary(exc)
+        unwritten = cells.record_error(grid.cell_dir(cell), summary, tb)
+        return CellState(cell, "failed", summary + (f" ({unwritten})" if unwritten else ""))
+    st = state_of(grid, cell)
+    return st if st.state == "incomplete" else CellState(cell, "done")
+
+
+def _next_cell(todo: list[Cell], final: dict[str, CellState], order: dict[str, int]) -> Cell | None:
+    """Depth first: of the cells whose upstream is settled, the latest stage first, then grid order."""
+    stage_rank = {s: i for i, s in enumerate(STAGES)}
+    ready = [c for c in todo if all(d in final for d in c.deps)]
+    return max(ready, key=lambda c: (stage_rank[c.stage], -order[c.name]), default=None)
+
+
+def run(grid: Grid, *, log: Callable[[str], None] = print, execute: Callable[[Grid, Cell], None] = execute_cell) -> list[CellState]:
+    """Run every cell that is not done; return the final state of each."""
+    preflight(grid, log=log)
+    environment.ensure_kernel(grid.kernel)
+    with cells.exclusive(grid.output_root / ".grid.lock", f"grid {grid.name} ({grid.output_root})"):
+        return _run_locked(grid, log, execute)
+
+
+def _run_locked(grid: Grid, log: Callable[[str], None], execute: Callable[[Grid, Cell], None]) -> list[CellState]:
+    final: dict[str, CellState] = {}
+    order = {c.name: i for i, c in enumerate(grid.cells)}
+    todo = list(grid.cells)
+    bar = tqdm(total=len(todo), desc=f"grid {grid.name}", unit="cell", file=sys.stderr, dynamic_ncols=True)
+    n = 0
+    while todo:
+        cell = _next_cell(todo, final, order)
+        if cell is None:  # cannot happen in an acyclic grid: every cell's upstream is earlier
+            raise RuntimeError("no runnable cell left; the grid's dependencies form a cycle")
+        todo.remove(cell)
+        n += 1
+        prefix = f"[{n}/{len(grid.cells)}] {cell.name}"
+        st = state_of(grid, cell)
+        if st.state == "done":
+            final[cell.name] = st
+            bar.write(f"{prefix}: done, skipped")
+            bar.update()
+            continue
+        reason = blocked_reason(cell, {d: final[d].state for d in cell.deps})
+        if reason:
+            final[cell.name] = CellState(cell, "blocked", reason)
+            bar.write(f"{prefix}: blocked ({reason})")
+            bar.update()
+            continue
+        if st.state == "stale":
+            cells.unseal(grid.cell_dir(cell))
+            bar.write(f"{prefix}: stale ({st.detail}), redoing")
+        bar.set_postfix_str(cell.name.split("/")[0])
+        t0 = time.perf_counter()
+        final[cell.name] = st = attempt(grid, cell, execute)
+        took = time.perf_counter() - t0
+        if st.state == "failed":
+            bar.write(f"{prefix}: FAILED after {took:.0f}s: {st.detail}\n    see {grid.cell_dir(cell) / 'executed.ipynb'}")
+        elif st.state == "incomplete":
+            bar.write(f"{prefix}: incomplete after {took:.0f}s: {st.detail}")
+        else:
+            bar.write(f"{prefix}: done in {took:.0f}s")
+        bar.update()
+    bar.close()
+    write_results(grid)
+    log(f"{sum(s.state == 'done' for s in final.values())} of {len(final)} cells done")
+    return [final[c.name] for c in grid.cells]
+
+
+def estimate(grid: Grid, states: list[CellState] | None = None) -> dict[str, dict]:
+    """Hours still to run per stage, from the recorded time of finished cells of the same stage
+    (runtime.json): device-hours on the device they ran on."""
+    states = states or status(grid)
+    out: dict[str, dict] = {}
+    for stage, spec in STAGES.items():
+        todo = [s for s in states if s.cell.stage == stage and s.state != "done"]
+        if not todo:
+            continue
+        done = [s for s in states if s.cell.stage == stage and s.state == "done"]
+        runs = [read_json(p) for s in done if (p := grid.cell_dir(s.cell) / "runtime.json").exists()]
+        if not runs:
+            out[stage] = {"to_run": len(todo), "hours": None, "device": None}
+            continue
+        mean = sum(r["seconds"] for r in runs) / len(runs)
+        weights = [max(1.0, spec.gpus(s.cell.config, 1.0)) for s in todo]  # a 4-GPU cell costs 4 device-hours
+        devices = sorted({r.get("type", "cpu") for r in runs})
+        out[stage] = {"to_run": len(todo), "hours": mean * sum(weights) / 3600, "device": "/".join(devices),
+                      "measured_cells": len(runs)}
+    return out
+
+
+def summary_json(states: list[CellState]) -> str:
+    return json.dumps([{"cell": s.cell.name, "stage": s.cell.stage, "state": s.state, "detail": s.detail} for s in states], indent=2)
+
+
+def scored_dirs(grid: Grid) -> list[Path]:
+    """The folders of the cells whose metrics are the rows of the grid's results table."""
+    return [grid.cell_dir(c) for c in grid.cells if STAGES[c.stage].scored]
+
+
+def write_results(grid: Grid) -> list[Path]:
+    """`<grid>/results.csv` and `.parquet`: the grid's finished scored cells (the one writer of these files)."""
+    from . import results
+
+    table = results.collect(scored_dirs(grid))
+    return results.write(table, grid.output_root) if not table.empty else []
