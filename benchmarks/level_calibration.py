@@ -16,24 +16,36 @@ all 700. The ± column is the 95% interval of our mean.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from cotlib import prompts, released, teachers
-from cotlib.config import GenerateConfig
+from cotlib import prompts, released
 from cotlib.files import iter_jsonl
+from cotlib.schemas import GenerateConfig
+
+# Each level in its own process: an engine's memory (a 1.5B model in fp32 is 6 GB) is only surely given
+# back when its process ends.
+_CHILD = """
+import json, sys
+from cotlib.schemas import GenerateConfig
+from cotlib.stages import run_cell
+run_cell("generate", sys.argv[2], GenerateConfig.model_validate(json.loads(sys.argv[1])))
+"""
 
 
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--dataset", default="svamp")
-    p.add_argument("--backend", default="transformers", choices=["transformers", "openai", "vllm", "replay"])
+    p.add_argument("--backend", default="auto", choices=["auto", "transformers", "openai", "vllm", "replay"])
     p.add_argument("--teacher", default="smollm2-135m")
     p.add_argument("--base-url", default=None)
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=320)
+    p.add_argument("--batch-size", type=int, default=64, help="prompts per chunk (vLLM batches a chunk at once)")
     a = p.parse_args()
     bands = released.level_bands(a.dataset)
     ours: dict[int, float] = {}
@@ -42,10 +54,10 @@ def main() -> int:
         for level in range(1, 7):
             cfg = GenerateConfig.model_validate({
                 "dataset": a.dataset, "split": "train", "n_examples": a.n, "backend": a.backend, "teacher": a.teacher,
-                "level": level, "filter": "keep_all", "max_new_tokens": a.max_new_tokens,
+                "level": level, "filter": "keep_all", "max_new_tokens": a.max_new_tokens, "batch_size": a.batch_size,
                 **({"api": {"base_url": a.base_url}} if a.base_url else {})})
             cell = Path(tmp) / "generate" / f"L{level}"
-            teachers.run_generate(cfg, cell)
+            subprocess.run([sys.executable, "-c", _CHILD, json.dumps(cfg.model_dump(mode="json")), str(cell)], check=True)
             words = [r["words"] for r in iter_jsonl(cell / "records.jsonl") if r["status"] != "failed"]
             ours[level] = statistics.fmean(words)
             half[level] = 1.96 * statistics.stdev(words) / len(words) ** 0.5 if len(words) > 1 else float("nan")
@@ -58,7 +70,7 @@ def main() -> int:
         print(f"  L{level}: ours {ours[level]:6.1f} ± {half[level]:4.1f}   asked {prompts.target_words(a.dataset, level):4d}   "
               f"released {lo:6.1f} .. {hi:6.1f}   {'in band' if ok else 'OUT'}")
     ordered = all(ours[k] < ours[k + 1] for k in range(1, 6))
-    print(f"{inside}/6 levels in band; order 1 < ... < 6 {'kept' if ordered else 'NOT kept'}")
+    print(f"level calibration: {inside}/6 levels in band; order 1 < ... < 6 {'kept' if ordered else 'NOT kept'}")
     return 0 if inside == 6 and ordered else 1
 
 

@@ -101,8 +101,10 @@ def _retryable(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
+    """A failed request's reason as a row stores it: redacted first, then cut (cutting first could leave
+    part of a key that a server quoted back, which no longer matches the key to mask)."""
     status = getattr(exc, "status_code", None)
-    return redaction.redact(f"{type(exc).__name__}{f' {status}' if status else ''}: {str(exc)[:200]}")
+    return f"{type(exc).__name__}{f' {status}' if status else ''}: {redaction.redact(str(exc))[:200]}"
 
 
 def retry_after(exc: BaseException) -> float | None:

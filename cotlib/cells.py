@@ -39,19 +39,55 @@ def config_hash(stage: str, cfg: BaseModel) -> str:
 
 
 def _git() -> dict[str, Any]:
-    """The code version; `dirty` counts changes to what decides results (the package, notebooks, params,
-    the project's dependencies), not to docs, tests or benchmarks."""
+    """The code version: the commit `sha`, and whether what decides results differs from it (`dirty`, with
+    the paths in `dirty_files`). It covers cotlib/, notebooks/, params/ and pyproject.toml, tracked and new
+    files alike (not git-ignored ones, not docs, tests or benchmarks). A notebook counts only for what a run
+    executes: its cells' kinds, sources and tags and its kernel. Outputs, execution counts and the metadata
+    Jupyter writes when it opens one (language_info, widget state) do not; with the nbstripout filter of
+    `make setup` git already ignores them, and this holds without the filter too. None where git or the
+    checkout is not at hand."""
     here = Path(__file__).resolve().parent
+    covers = ("cotlib/, notebooks/ (cell kinds, sources, tags and kernel; not outputs or metadata), params/, "
+              "pyproject.toml; tracked and untracked, not ignored files")
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=here.parent, capture_output=True, text=True, timeout=30)
+
+    def code_of(text: str) -> Any:
+        nb = json.loads(text)
+        cells = [(c.get("cell_type"), "".join(c.get("source") or ""), sorted((c.get("metadata") or {}).get("tags") or []))
+                 for c in nb.get("cells", [])]
+        return ((nb.get("metadata") or {}).get("kernelspec") or {}).get("name"), cells
+
+    def same_code(top: Path, path: str) -> bool:
+        old = git("show", f"HEAD:{path}")
+        if old.returncode != 0:
+            return False
+        try:
+            return code_of(old.stdout) == code_of((top / path).read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return False
+
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "cotlib", "notebooks", "params", "pyproject.toml"],
-                               cwd=here.parent, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
+        head = git("rev-parse", "HEAD", "--show-toplevel")
+        if head.returncode != 0:
+            return {"sha": None, "dirty": None}
+        sha, top = head.stdout.split("\n")[:2]
+        status = git("status", "--porcelain", "-z", "--untracked-files=all", "--",
+                     "cotlib", "notebooks", "params", "pyproject.toml")
+        if status.returncode != 0:  # e.g. a required filter that cannot run
+            return {"sha": sha, "dirty": None, "dirty_covers": covers}
+        entries, paths = status.stdout.split("\0"), []
+        while entries:
+            entry = entries.pop(0)
+            if len(entry) > 3:
+                paths.append(entry[3:])
+                if entry[0] in "RC" and entries:  # a rename or copy: its source path follows
+                    entries.pop(0)
+        changed = [p for p in paths if not (p.endswith(".ipynb") and same_code(Path(top), p))]
+    except (OSError, subprocess.TimeoutExpired, ValueError):
         return {"sha": None, "dirty": None}
-    if sha.returncode != 0:
-        return {"sha": None, "dirty": None}
-    return {"sha": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip()),
-            "dirty_covers": "cotlib/, notebooks/, params/, pyproject.toml"}
+    return {"sha": sha, "dirty": bool(changed), "dirty_files": changed[:20], "dirty_covers": covers}
 
 
 def _versions() -> dict[str, str | None]:
@@ -69,10 +105,11 @@ def _files_of(path: Path) -> list[Path]:
 
 
 def fingerprint(path: str | Path) -> dict[str, Any]:
-    """What an input was when a cell read it: each file's size, mtime and sha256 (a folder: all its files)."""
+    """What an input was when a cell read it: its size, mtime and sha256 (a folder: each of its files')."""
     path = Path(path)
-    return {"path": str(path), "files": {str(f.relative_to(path) if f != path else f.name): _file_print(f)
-                                         for f in _files_of(path)}}
+    if path.is_dir():
+        return {"path": str(path), "files": {str(f.relative_to(path)): _file_print(f) for f in _files_of(path)}}
+    return {"path": str(path), **_file_print(path)}
 
 
 def _file_print(f: Path) -> dict[str, Any]:
@@ -89,21 +126,29 @@ def changed_inputs(cell_dir: str | Path) -> list[str]:
         return []
     changed = []
     for role, rec in (prov.get("inputs") or {}).items():
-        if not isinstance(rec, dict) or "files" not in rec:
+        if not isinstance(rec, dict) or "path" not in rec:
             continue
         base = Path(rec["path"])
-        now = {str(f.relative_to(base) if f != base else f.name): f for f in _files_of(base)} if base.exists() else {}
-        if set(now) != set(rec["files"]):
+        if "files" in rec and base.is_file():  # a file recorded in the folder layout
+            same = len(rec["files"]) == 1 and _unchanged(base, next(iter(rec["files"].values())))
+        elif "files" in rec:  # a folder: the same files, each unchanged
+            now = {str(f.relative_to(base)): f for f in _files_of(base)} if base.is_dir() else {}
+            same = set(now) == set(rec["files"]) and all(_unchanged(now[n], old) for n, old in rec["files"].items())
+        else:
+            same = base.is_file() and _unchanged(base, rec)
+        if not same:
             changed.append(role)
-            continue
-        for name, old in rec["files"].items():
-            st = now[name].stat()
-            if (st.st_size, st.st_mtime_ns) == (old["size"], old["mtime_ns"]):
-                continue
-            if st.st_size != old["size"] or file_sha256(now[name]) != old["sha256"]:
-                changed.append(role)
-                break
     return changed
+
+
+def _unchanged(f: Path, old: dict[str, Any]) -> bool:
+    """Same content as recorded: same size and time, or else the same sha256 (a rewrite of the same bytes)."""
+    if "sha256" not in old:
+        return True  # recorded before inputs carried fingerprints
+    st = f.stat()
+    if (st.st_size, st.st_mtime_ns) == (old.get("size"), old.get("mtime_ns")):
+        return True
+    return st.st_size == old.get("size", st.st_size) and file_sha256(f) == old["sha256"]
 
 
 def write_config(cell_dir: str | Path, stage: str, cfg: BaseModel) -> None:

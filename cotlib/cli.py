@@ -75,6 +75,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_results(args: argparse.Namespace) -> int:
     g = load_grid(args.grid)
+    if args.export:
+        from pathlib import Path
+
+        from .export import export
+
+        written = export(g, Path(args.export))
+        print(f"exported {len(written)} files to {args.export} (figures: `cotlib figures {args.export}`)")
+        return 0
     paths = runner.write_results(g)
     if not paths:
         print(f"no finished evaluate cells under {g.output_root}", file=sys.stderr)
@@ -83,6 +91,21 @@ def _cmd_results(args: argparse.Namespace) -> int:
     cols = [c for c in ("cell", "student", "method", "teacher", "level", "dataset", "n", "accuracy", "ci95_low", "ci95_high") if c in table]
     print(table[cols].to_string(index=False))
     print("\nwritten: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _cmd_figures(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .export import figures_from
+
+    folder = Path(args.folder)
+    if not (folder / "results.csv").exists():
+        print(f"error: {folder} holds no results.csv (make one with `cotlib results GRID --export {folder}`)",
+              file=sys.stderr)
+        return 2
+    files = figures_from(folder, tuple(args.formats))
+    print("drawn: " + ", ".join(str(p) for p in files))
     return 0
 
 
@@ -144,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(func=_cmd_status)
     q = sub.add_parser("results", help="collect finished evaluate cells into results.csv/.parquet")
     q.add_argument("grid")
+    q.add_argument("--export", metavar="DIR", help="also write the small files to commit: tables, figures, grid, code version")
     q.set_defaults(func=_cmd_results)
+    f = sub.add_parser("figures", help="draw every figure again from an exported results folder")
+    f.add_argument("folder")
+    f.add_argument("--formats", nargs="+", default=["png"], choices=["png", "pdf"])
+    f.set_defaults(func=_cmd_figures)
     g = sub.add_parser("regrade", help="grade finished evaluations again with the current grader (no generation)")
     g.add_argument("grid")
     g.set_defaults(func=_cmd_regrade)

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+WORKERS = 8  # requirements checked at once (some are downloads)
+
+
 class RequirementError(RuntimeError):
     """Something the grid needs is missing; the message says what to install, set or fetch."""
 
@@ -38,7 +41,11 @@ def preflight(needs: list[tuple[str, Requirement]], *, dry_run: bool = False, de
             first[req.key] = (cell, req)
     slow = sum(k[0] == "release" for k in first)
     if slow:
-        log(f"checking {slow} released file(s){'' if dry_run else ' (missing ones are downloaded)'}...")
+        from . import released
+
+        fetch = (f" (missing ones are downloaded from {released.base_url()}, {WORKERS} at a time, each giving up "
+                 f"after {released.DOWNLOAD_TIMEOUT_S:.0f} s without an answer)")
+        log(f"checking {slow} released file(s){'' if dry_run else fetch}...")
 
     def run(item: tuple[str, Requirement]) -> str | None:
         cell, req = item
@@ -48,15 +55,19 @@ def preflight(needs: list[tuple[str, Requirement]], *, dry_run: bool = False, de
             return f"{cell}: {err}"
         return None
 
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
         return [p for p in pool.map(run, first.values()) if p]
 
 
 def writable(folder: Path) -> str | None:
-    """None when `folder` can be created and written to, else why not (and what to do)."""
+    """None when `folder` can be created and written to, else why not (and what to do). Creates nothing
+    (a check that fails, or a dry run, leaves no folder behind): the folder, or the nearest one above it
+    that exists, must take a file."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".cotlib-write-check-"):
+        probe = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+        if not probe.is_dir():
+            raise NotADirectoryError(20, "a file is in the way", str(probe))
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".cotlib-write-check-"):
             pass
     except OSError as err:
         return (f"output folder {folder} is not writable ({err.strerror or err}): choose another `output_dir` "

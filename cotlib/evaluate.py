@@ -112,7 +112,7 @@ def run_evaluate(cfg: EvaluateConfig, ctx: Context) -> dict[str, Any]:
     tok = models.load_tokenizer(cfg.student)
     stop = trained_stop_token(ctx) or template.stop
     prompts_ = [template.render(ex.question) for ex in examples]
-    kind = generation.fastest_engine() if cfg.backend == "auto" else cfg.backend
+    kind = generation.fastest_engine(len(prompts_), cfg.decoding.max_new_tokens) if cfg.backend == "auto" else cfg.backend
     reference = _generate("transformers", cfg, weights, tok, prompts_[:cfg.parity_n], stop)[0] if cfg.parity_n else None
     t0 = time.perf_counter()
     gens, engine = _generate(kind, cfg, weights, tok, prompts_, stop)

@@ -142,15 +142,33 @@ def format_error(where: str, prefix: str, model: type[BaseModel], err: Validatio
     return "\n".join(lines)
 
 
-def combos(section: dict[str, Any]) -> list[dict[str, Any]]:
-    """Keys whose value is a list are axes; the cells are their cartesian product."""
-    axes = {k: v for k, v in section.items() if isinstance(v, list)}
-    fixed = {k: v for k, v in section.items() if not isinstance(v, list)}
+def combos(section: dict[str, Any], list_keys: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """Keys whose value is a list are axes; the cells are their cartesian product. A key whose value is
+    itself a list (`subjects`) is an axis only when given a list of lists."""
+
+    def is_axis(k: str, v: Any) -> bool:
+        return isinstance(v, list) and (k not in list_keys or all(isinstance(x, list) for x in v))
+
+    axes = {k: v for k, v in section.items() if is_axis(k, v)}
+    fixed = {k: v for k, v in section.items() if not is_axis(k, v)}
     for k, v in axes.items():
         if not v:
             raise ValueError(f"axis {k!r} is an empty list")
     keys = list(axes)
     return [{**fixed, **dict(zip(keys, vals))} for vals in itertools.product(*(axes[k] for k in keys))]
+
+
+def _list_fields(stage: str) -> frozenset[str]:
+    """The keys of a stage whose values are lists, so a list given for one is a value, not an axis."""
+    import typing
+
+    from .stages import STAGES
+
+    def listy(annotation: Any) -> bool:
+        return annotation is list or typing.get_origin(annotation) is list or any(
+            listy(a) for a in typing.get_args(annotation))
+
+    return frozenset(k for k, f in STAGES[stage].config.model_fields.items() if listy(f.annotation))
 
 
 @dataclass
@@ -183,7 +201,7 @@ class Builder:
                                 f"wires together, not a grid key (sft: `train_on` selects generate cells; evaluate: "
                                 f"`student` selects students)")
             try:
-                out += combos(part)
+                out += combos(part, _list_fields(stage))
             except ValueError as err:
                 raise GridError(f"{self.path}: {stage}: {err}") from None
         return out
@@ -238,11 +256,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict[Any, yaml.Node] = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be overridden
+            continue
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice (line {seen[key].start_mark.line + 1} and "
-                            f"line {key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+            a, b = seen[key].start_mark, key_node.start_mark
+            where = (f"line {a.line + 1}, columns {a.column + 1} and {b.column + 1}" if a.line == b.line
+                     else f"lines {a.line + 1} and {b.line + 1}")
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice ({where}); keep one", b)
         seen[key] = key_node
     return loader.construct_mapping(node, deep=deep)
 

@@ -17,8 +17,9 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path: str | Path, blob: bytes) -> Path:
-    """Write via a temporary file and rename, so a reader never sees half a file."""
+def atomic_write_bytes(path: str | Path, blob: bytes, durable: bool = True) -> Path:
+    """Write via a temporary file and rename, so a reader never sees half a file. `durable=False` skips the
+    fsync: still whole or absent after a kill, but a power loss may lose it (for what can be made again)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -27,7 +28,8 @@ def atomic_write_bytes(path: str | Path, blob: bytes) -> Path:
         with os.fdopen(fd, "wb") as fh:
             fh.write(blob)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -60,16 +62,18 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict]:
-    """Yield rows; a torn last line (a kill mid-append) is skipped, not fatal."""
-    with open(path, encoding="utf-8") as fh:
+    """Yield rows; a torn line (a kill mid-append) or one that is not a JSON object is skipped, not fatal."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
             line = line.strip()
             if not line:
                 continue
             try:
-                yield json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(row, dict):
+                yield row
 
 
 def drop_torn_tail(path: str | Path) -> int:

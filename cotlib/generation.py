@@ -93,12 +93,12 @@ class TransformersEngine:
 
     def __init__(self, model_name: str, tokenizer, decoding: Decoding, *, stop: str | None = None, batch_size: int = 16,
                  adapter: Path | None = None, path: Path | None = None, add_special_tokens: bool = False,
-                 desc: str = "generate", **_: object):
+                 desc: str = "generate", dtype: str = "auto", **_: object):
         from . import models
 
         self.tok, self.decoding, self.stop, self.batch_size = tokenizer, decoding, stop, batch_size
         self.add_special_tokens, self.desc = add_special_tokens, desc
-        self.model = models.load_model(model_name, adapter=adapter, path=path)
+        self.model = models.load_model(model_name, adapter=adapter, path=path, dtype=dtype)
 
     def generate(self, prompts: list[str]) -> list[Generation]:
         d = self.decoding
@@ -116,18 +116,27 @@ class TransformersEngine:
         hardware.empty_device_cache()  # before vLLM claims its share of the GPU
 
 
-def fastest_engine() -> str:
+# Below this many tokens of output (prompts x max_new_tokens, an upper bound) vLLM's engine start on CPU
+# (about 36 s here for SmolLM2) costs more than it saves: transformers' batched generation runs ~90 non-pad
+# tokens/s against vLLM's ~240 (benchmarks/eval_speed.py), so the two break even near 5,000 tokens.
+VLLM_MIN_TOKENS = 2048
+
+
+def fastest_engine(n_prompts: int | None = None, max_new_tokens: int | None = None) -> str:
     """The engine `auto` means: vLLM where its CPU build runs on a CPU machine (its greedy outputs match
-    transformers' token for token in fp32: 64/64 SVAMP questions, 2.7x faster here), else transformers
-    (on a GPU the two part after bf16 near-ties, so vLLM is a choice to make with its parity check)."""
+    transformers' token for token in fp32: 64/64 SVAMP questions, 2.7x faster here) and the job is big
+    enough to repay its start (`VLLM_MIN_TOKENS`), else transformers (on a GPU the two part after bf16
+    near-ties, so vLLM is a choice to make with its parity check)."""
     from . import hardware, vllm_backend
 
+    if n_prompts is not None and max_new_tokens is not None and n_prompts * max_new_tokens < VLLM_MIN_TOKENS:
+        return "transformers"
     return "vllm" if hardware.device() == "cpu" and vllm_backend.available() else "transformers"
 
 
 def open_engine(kind: str, model_name: str, tokenizer, prompts: list[str], decoding: Decoding, **kw) -> Engine:
     """An engine for `prompts` (vLLM sizes its context from them); kind 'auto' is `fastest_engine()`."""
-    kind = fastest_engine() if kind == "auto" else kind
+    kind = fastest_engine(len(prompts), decoding.max_new_tokens) if kind == "auto" else kind
     if kind == "vllm":
         from .vllm_backend import VllmEngine
 

@@ -7,6 +7,7 @@ import csv
 import functools
 import gzip
 import hashlib
+import os
 import re
 import zlib
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from . import data
 RELEASE_REPO = "EIT-NLP/Distilling-CoT-Reasoning"
 RELEASE_COMMIT = "cc33822"
 RELEASE_URL = f"https://github.com/{RELEASE_REPO}/tree/{RELEASE_COMMIT}/data"
+DOWNLOAD_TIMEOUT_S = 10.0  # per connect and per read: a server that accepts and never answers fails in seconds
 
 _TEACHER = {"chatgpt": "gpt-4o", "gemini": "gemini-1.5-flash", "llama": "llama-3-70b"}
 _FORMAT = {"bsm": "bsm", "rar": "rar", "sym": "sym", "symbolic": "sym"}
@@ -124,24 +126,45 @@ def verify(path: Path) -> Path:
     return path
 
 
-def download(name: str, dest: Path | None = None, timeout_s: float = 10.0) -> Path:
-    """Fetch a release file at the pinned commit, check it against the catalog's checksum, and write it
-    atomically (a partial download never counts as present). `timeout_s` bounds connecting and each read,
-    so a hanging network fails in seconds, not minutes."""
+RAW_BASE_URL = f"https://raw.githubusercontent.com/{RELEASE_REPO}/{RELEASE_COMMIT}/data/"
+
+
+def base_url() -> str:
+    """Where release files are fetched from: $COTLIB_RELEASE_BASE_URL (a mirror, or a local server in
+    the tests; the folder that holds the files), else the release at its pinned commit on GitHub."""
+    url = os.environ.get("COTLIB_RELEASE_BASE_URL") or RAW_BASE_URL
+    return url if url.endswith("/") else url + "/"
+
+
+def download(name: str, dest: Path | None = None, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> Path:
+    """Fetch a release file, check it against the catalog's checksum, and write it atomically (a partial
+    download never counts as present). `timeout_s` bounds connecting and each read, so a hanging network
+    fails in seconds, not minutes. Any failure is a DataError naming the file and the URL."""
+    import http.client
     import urllib.request
 
     from .files import atomic_write_bytes
 
     base = _base(name)
     dest = dest or release_dir() / base
-    url = f"https://raw.githubusercontent.com/{RELEASE_REPO}/{RELEASE_COMMIT}/data/{base}"
-    with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (a fixed https URL)
-        blob = resp.read()
+    url = base_url() + base
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (https, or a mirror the user set)
+            blob = resp.read()
+    except (OSError, http.client.HTTPException, ValueError) as err:  # a timeout is an OSError; a cut body, HTTPException
+        raise data.DataError(f"download of {url} failed ({_why(err, timeout_s)}); nothing was saved") from None
     want = checksum(base)
     got = hashlib.sha256(blob).hexdigest()
     if want and got != want:
-        raise data.DataError(f"{url}: sha256 {got} does not match the catalog's {want}; not saved")
+        raise data.DataError(f"download of {url}: sha256 {got} is not the catalog's {want} (truncated or "
+                             f"changed on the way); nothing was saved")
     return atomic_write_bytes(dest, blob)
+
+
+def _why(err: BaseException, timeout_s: float) -> str:
+    if isinstance(err, TimeoutError) or "timed out" in str(err):
+        return f"no answer within {timeout_s:.0f} s"
+    return f"{type(err).__name__}: {err}"
 
 
 def ensure_file(name: str, download_missing: bool = True) -> Path:
@@ -155,10 +178,8 @@ def ensure_file(name: str, download_missing: bool = True) -> Path:
             raise data.DataError(f"{missing}; `cotlib run` will try to download it") from None
         try:
             return download(name)
-        except data.DataError:
-            raise
-        except OSError as err:
-            raise data.DataError(f"{missing} (download failed: {err})") from None
+        except data.DataError as err:
+            raise data.DataError(f"{missing}; {err}") from None
 
 
 def requirement(name: str):

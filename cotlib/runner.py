@@ -10,6 +10,7 @@ overlap: the second stops naming the first.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -58,6 +59,8 @@ def state_of(grid: Grid, cell: Cell) -> CellState:
     err = cells.read_error(d)
     if err:
         return CellState(cell, "failed", str(err.get("error", "")))
+    if (d / cells.METRICS).exists() and cells.read_metrics(d) is None:
+        return CellState(cell, "pending", f"its {cells.METRICS} is damaged (not a JSON object): the cell runs again")
     return CellState(cell, "pending")
 
 
@@ -110,12 +113,14 @@ def execute_cell(grid: Grid, cell: Cell) -> None:
                 log_output=False, request_save_on_cell_execute=True, kernel_manager_class=_logged_kernel(d / "kernel.log"),
             )
         except BaseException:
-            cells.unseal(d)  # whatever the stage wrote, the notebook did not finish
+            with contextlib.suppress(OSError):  # an unwritable folder must not replace the cell's own error
+                cells.unseal(d)  # whatever the stage wrote, the notebook did not finish
             raise
         finally:
             if caught:
-                with open(d / "runner.log", "a", encoding="utf-8") as fh:
-                    fh.writelines(f"{w.category.__name__}: {redaction.redact(str(w.message))}\n" for w in caught)
+                with contextlib.suppress(OSError):  # an unwritable folder must not replace the cell's own error
+                    with open(d / "runner.log", "a", encoding="utf-8") as fh:
+                        fh.writelines(f"{w.category.__name__}: {redaction.redact(str(w.message))}\n" for w in caught)
     atomic_write_json(d / "runtime.json", {"seconds": time.perf_counter() - t0, **hardware.device_info()})
     if not cells.seal(d) and not cells.is_done(d, cell.stage, cell.config):
         raise RuntimeError("the notebook finished without writing its metrics (does it call stages.run_cell?)")
@@ -148,7 +153,7 @@ def preflight(grid: Grid, *, check_devices: bool = True, dry_run: bool = False,
     `check_devices=False` where the cells run elsewhere (a Ray cluster)."""
     register_secrets(grid)
     problems = environment.preflight(needs(grid), dry_run=dry_run, device_checks=check_devices, log=log)
-    unwritable = environment.writable(grid.output_root) if not dry_run else None
+    unwritable = environment.writable(grid.output_root)
     if unwritable:
         problems.append(unwritable)
     if problems:

@@ -49,6 +49,8 @@ class Stage:
     gpus: Callable[[Any, float], float] = lambda cfg, per_stage: per_stage  # what a cell asks an executor for
     input_files: Callable[[Any, Context], dict[str, Path]] = lambda cfg, ctx: {}  # fingerprinted in provenance
     incomplete: Callable[[dict[str, Any]], str | None] = lambda metrics: None  # why a finished cell is not done
+    # what is wrong with the upstream folders a notebook was handed (run_cell), or None
+    check_inputs: Callable[[Any, dict[str, Any]], str | None] = lambda cfg, inputs: None
     soft_deps: bool = False  # runs with whatever upstream cells finished
     one_cell: bool = False  # a single cell per grid, named by the stage alone
     default_gpus: float = 0.0  # the executor's default GPU share for a cell of this stage
@@ -105,7 +107,7 @@ def _expand_sft(b: Builder, section: Any) -> list[Cell]:
         train_on = combo.pop("train_on", None)
         if not b.cells["generate"]:
             raise b.fail("sft", "needs a generate section to train on")
-        gens = [g for g in b.cells["generate"] if _selects(b, train_on, g.config)]
+        gens = [g for g in b.cells["generate"] if _selects(b, train_on, g.config, "sft")]
         if not gens:
             raise b.fail("sft", f"train_on {train_on} selects no generate cell")
         for g in gens:
@@ -115,15 +117,15 @@ def _expand_sft(b: Builder, section: Any) -> list[Cell]:
     return out
 
 
-def _selects(b: Builder, where: Any, cfg: Strict) -> bool:
-    """`train_on: {key: value or [values]}` over the upstream cells' configs."""
+def _selects(b: Builder, where: Any, cfg: Strict, stage: str) -> bool:
+    """`train_on: {key: value or [values]}` over the generate cells' configs."""
     if where is None:
         return True
     if not isinstance(where, dict):
-        raise b.fail("sft", "train_on: must map generate keys to a value or a list of values")
+        raise b.fail(stage, "train_on: must map generate keys to a value or a list of values")
     for key, want in where.items():
         if key not in type(cfg).model_fields:
-            raise b.fail("sft", f"train_on.{key}: not a generate key (keys: {', '.join(type(cfg).model_fields)})")
+            raise b.fail(stage, f"train_on.{key}: not a generate key (keys: {', '.join(type(cfg).model_fields)})")
         if getattr(cfg, key) not in (want if isinstance(want, list) else [want]):
             return False
     return True
@@ -133,6 +135,13 @@ def _sft_requirements(cfg: SftConfig) -> list[Requirement]:
     from . import models, train
 
     return [models.requirement(cfg.student), train.requirement(cfg.method, cfg.num_gpus)]
+
+
+def _sft_inputs(cfg: SftConfig, inputs: dict[str, Any]) -> str | None:
+    if not inputs.get("train"):
+        return ("the sft stage needs inputs['train'], the generate cell folder it trains on "
+                "(papermill: -y \"inputs: {train: outputs/my-grid/generate/...}\")")
+    return None
 
 
 def _sft_files(cfg: SftConfig, ctx: Context) -> dict[str, Path]:
@@ -147,9 +156,14 @@ def _expand_evaluate(b: Builder, section: Any) -> list[Cell]:
     `dataset` key each student is tested on the dataset it was trained on."""
     from .expansion import Cell
 
-    sft_cells, out, names = b.cells["sft"], [], set()
+    out, names = [], set()
+    gens = {g.name: g for g in b.cells["generate"]}
     for combo in b.combos("evaluate", section):
+        train_on = combo.pop("train_on", None)  # evaluate only the students trained on these generate cells
+        sft_cells = [s for s in b.cells["sft"] if _selects(b, train_on, gens[s.inputs["train"]].config, "evaluate")]
         include_base = combo.pop("include_base", True)
+        if train_on is not None and not sft_cells:
+            continue  # a section for students this grid does not train (a base grid's MATH section, say)
         if not isinstance(include_base, bool):
             raise b.fail("evaluate", "include_base: must be true or false")
         explicit_student = combo.pop("student", None)
@@ -177,6 +191,8 @@ def _expand_evaluate(b: Builder, section: Any) -> list[Cell]:
             out.append(Cell("evaluate", cfg, inputs={"student": s.name}, lineage={**s.lineage, "dataset": ds}))
         if not include_base and not trained:
             raise b.fail("evaluate", "name a student, or add an sft section to evaluate")
+    if section and not out:
+        raise b.fail("evaluate", "no section selects a student to evaluate (check its train_on)")
     return out
 
 
@@ -185,6 +201,18 @@ def _evaluate_requirements(cfg: EvaluateConfig) -> list[Requirement]:
 
     return [data.requirement(cfg.dataset, cfg.split, cfg.source, cfg.subjects), models.requirement(cfg.student),
             *evaluate.requirements(cfg)]
+
+
+def _evaluate_inputs(cfg: EvaluateConfig, inputs: dict[str, Any]) -> str | None:
+    """A trained student's evaluation needs its sft folder, a base one has none: otherwise the base model
+    would be scored under the trained one's name (or the other way round)."""
+    if cfg.sft_cell is not None and not inputs.get("student"):
+        return (f"config.sft_cell is {cfg.sft_cell!r}, so inputs['student'] must be that sft cell's folder "
+                f"(papermill: -y \"inputs: {{student: outputs/my-grid/{cfg.sft_cell}}}\")")
+    if cfg.sft_cell is None and inputs.get("student"):
+        return ("inputs['student'] names a trained student, but config.sft_cell is null (a base evaluation): "
+                "set config.sft_cell to that cell's name, or drop the input")
+    return None
 
 
 def _evaluate_files(cfg: EvaluateConfig, ctx: Context) -> dict[str, Path]:
@@ -209,8 +237,8 @@ def _expand_figures(b: Builder, section: Any) -> list[Cell]:
     for k in section:
         if k == "evaluate_cells":
             raise b.fail("figures", "evaluate_cells: set by the grid expansion (every evaluate cell of the grid)")
-    return [Cell("figures", b.build("figures", {**section, "evaluate_cells": names}), inputs={"evaluate": names},
-                 soft_deps=True)]
+    return [Cell("figures", b.build("figures", {**section, "evaluate_cells": names}),
+                 inputs={"evaluate": names, "generate": [c.name for c in b.cells["generate"]]}, soft_deps=True)]
 
 
 def _figures_files(cfg: FiguresConfig, ctx: Context) -> dict[str, Path]:
@@ -224,9 +252,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           requirements=_generate_requirements, gpus=_generate_gpus, input_files=_generate_files,
           incomplete=_generate_incomplete, default_gpus=1.0),
     Stage("sft", SftConfig, "02_sft.ipynb", "cotlib.train:run_sft", _expand_sft, requirements=_sft_requirements,
+          check_inputs=_sft_inputs,
           gpus=lambda cfg, per_stage: cfg.num_gpus * per_stage, input_files=_sft_files, default_gpus=1.0),
     Stage("evaluate", EvaluateConfig, "03_evaluate.ipynb", "cotlib.evaluate:run_evaluate", _expand_evaluate,
-          requirements=_evaluate_requirements, input_files=_evaluate_files,
+          requirements=_evaluate_requirements, input_files=_evaluate_files, check_inputs=_evaluate_inputs,
           # vLLM claims its share of GPU memory up front
           gpus=lambda cfg, per_stage: max(per_stage, cfg.gpu_memory_utilization) if cfg.backend == "vllm" else per_stage,
           default_gpus=0.25, scored=True),
@@ -240,12 +269,20 @@ class ParameterError(ValueError):
     """A notebook was handed a parameter of the wrong kind; the message names it and what it expects."""
 
 
-def _check_parameters(stage: str, cell_dir: Any, config: Any, inputs: Any, lineage: Any) -> None:
-    if stage not in STAGES:
-        raise ParameterError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
+def cell_folder(cell_dir: Any, stage: str = "<stage>") -> Path:
+    """The notebook parameter `cell_dir` as a folder, or a ParameterError naming it: for whatever in a
+    notebook touches the folder before `run_cell` does (a papermill user's `-p cell_dir 5` would otherwise
+    fail inside pathlib)."""
     if not isinstance(cell_dir, (str, Path)) or not str(cell_dir).strip():
         raise ParameterError(f"parameter cell_dir: expected the cell's folder as a path string, got "
                              f"{type(cell_dir).__name__} {cell_dir!r} (papermill: -p cell_dir outputs/my-grid/{stage}/x)")
+    return Path(cell_dir)
+
+
+def _check_parameters(stage: str, cell_dir: Any, config: Any, inputs: Any, lineage: Any, seal: Any) -> None:
+    if stage not in STAGES:
+        raise ParameterError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
+    cell_folder(cell_dir, stage)
     if not isinstance(config, dict):
         raise ParameterError(f"parameter config: expected a mapping of {stage} keys, got {type(config).__name__} "
                              f"(papermill: -y 'config: {{...}}')")
@@ -254,14 +291,19 @@ def _check_parameters(stage: str, cell_dir: Any, config: Any, inputs: Any, linea
         raise ParameterError("parameter inputs: expected a mapping of role -> upstream cell folder(s)")
     if lineage is not None and not isinstance(lineage, dict):
         raise ParameterError(f"parameter lineage: expected a mapping, got {type(lineage).__name__}")
+    if seal not in ("now", "deferred"):
+        raise ParameterError(f"parameter seal: expected 'now' (write metrics.json at once) or 'deferred' (the runner "
+                             f"seals it), got {seal!r}")
 
 
-def run_cell(stage: str, cell_dir: str | Path, config: dict[str, Any], inputs: dict[str, Any] | None = None,
+def run_cell(stage: str, cell_dir: str | Path, config: dict[str, Any] | Strict, inputs: dict[str, Any] | None = None,
              lineage: dict[str, Any] | None = None, seal: str = "now") -> dict[str, Any]:
     """Run one cell of `stage` in `cell_dir`: validate its parameters, open it (config, provenance with
     fingerprints of what it reads), run the stage, and write its metrics. `seal="deferred"` (the runner):
     metrics wait for the runner to seal them once the whole notebook has run."""
-    _check_parameters(stage, cell_dir, config, inputs, lineage)
+    if isinstance(config, Strict):  # from Python: a validated config is as good as its parameters
+        config = config.model_dump(mode="json")
+    _check_parameters(stage, cell_dir, config, inputs, lineage, seal)
     spec = STAGES[stage]
     try:
         cfg = spec.config.model_validate(config)
@@ -269,12 +311,17 @@ def run_cell(stage: str, cell_dir: str | Path, config: dict[str, Any], inputs: d
         from .expansion import format_error
 
         raise ParameterError(format_error("parameter config", f"{stage}.", spec.config, err)) from None
+    problem = spec.check_inputs(cfg, inputs or {})
+    if problem:
+        raise ParameterError(f"parameter inputs: {problem}")
     ctx = Context(Path(cell_dir), {k: [Path(x) for x in v] if isinstance(v, list) else Path(v)
                                    for k, v in (inputs or {}).items()}, dict(lineage or {}), seal == "deferred")
     ctx.dir.mkdir(parents=True, exist_ok=True)
     with cells.cell_lock(ctx.dir):
         cells.start(ctx.dir, stage, cfg, inputs=spec.input_files(cfg, ctx))
         metrics = spec.run_function()(cfg, ctx)
+        if "precision" in metrics:  # chosen at run time from the device: part of what produced the cell
+            cells.update_provenance(ctx.dir, precision=metrics["precision"])
         if ctx.lineage:
             metrics = {**metrics, "lineage": {**metrics.get("lineage", {}), **ctx.lineage}}
         return cells.finish(ctx.dir, stage, cfg, metrics, deferred=ctx.deferred)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data, prompts
-from .files import append_jsonl, atomic_write_json, iter_jsonl, write_jsonl
+from .files import append_jsonl, atomic_write_json, drop_torn_tail, iter_jsonl, write_jsonl
 from .grading import grade
 from .schemas import GenerateConfig
 from .stages import Context
@@ -33,7 +33,7 @@ def count_steps(cot: str) -> int:
 
 def _latest(path: Path) -> dict[str, dict]:
     """The last row written for each example id (a retried example has several)."""
-    return {r["id"]: r for r in iter_jsonl(path)} if path.exists() else {}
+    return {r["id"]: r for r in iter_jsonl(path) if "id" in r} if path.exists() else {}
 
 
 def _failed_row(ex: data.Example, reason: str, retryable: bool) -> dict[str, Any]:
@@ -100,6 +100,7 @@ def run_generate(cfg: GenerateConfig, ctx: Context) -> dict[str, Any]:
     """Generate (or resume) the teacher CoTs of one cell; write records.jsonl and sft.jsonl."""
     examples = data.load_examples(cfg.dataset, cfg.split, cfg.n_examples, source=cfg.source, subjects=cfg.subjects)
     records = ctx.dir / "records.jsonl"
+    drop_torn_tail(records)  # a kill mid-append: the fragment goes before anything reads or appends
     latest = _latest(records)
     todo = [ex for ex in examples if (r := latest.get(ex.id)) is None or _retry(r)]
     requests: dict[str, int] = {}

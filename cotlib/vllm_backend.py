@@ -60,14 +60,15 @@ def lora_rank(adapter: str | Path) -> int:
 
 
 def make_llm(model_path: str | Path, *, seed: int, max_model_len: int, lora_rank: int | None = None,
-             gpu_memory_utilization: float = 0.85) -> Any:
+             gpu_memory_utilization: float = 0.85, dtype: str = "auto") -> Any:
     """An in-process engine: a Jupyter kernel or a Ray worker cannot spawn vLLM's engine process safely."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     import torch
     from vllm import LLM
 
     # the dtype transformers uses here (models.load_model), so both backends compute alike
-    kwargs: dict[str, Any] = dict(model=str(model_path), dtype=str(hardware.inference_dtype()).removeprefix("torch."), seed=seed, max_model_len=max_model_len,
+    dtype = str(hardware.inference_dtype()).removeprefix("torch.") if dtype == "auto" else dtype
+    kwargs: dict[str, Any] = dict(model=str(model_path), dtype=dtype, seed=seed, max_model_len=max_model_len,
                                   enable_prefix_caching=True)
     if torch.cuda.is_available():
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
@@ -116,7 +117,7 @@ class VllmEngine:
 
     def __init__(self, model_name: str, tokenizer, prompts: list[str], decoding, *, stop: str | None = None,
                  adapter: Path | None = None, path: Path | None = None, add_special_tokens: bool = False,
-                 gpu_memory_utilization: float = 0.85, **_: object):
+                 gpu_memory_utilization: float = 0.85, dtype: str = "auto", **_: object):
         from . import models
 
         require()
@@ -125,7 +126,7 @@ class VllmEngine:
         self.llm = make_llm(path or models.resolve_path(model_name), seed=decoding.seed,
                             max_model_len=max_model_len(tokenizer, prompts, decoding.max_new_tokens, add_special_tokens),
                             lora_rank=lora_rank(adapter) if adapter else None,
-                            gpu_memory_utilization=gpu_memory_utilization)
+                            gpu_memory_utilization=gpu_memory_utilization, dtype=dtype)
 
     def generate(self, prompts: list[str]) -> list[Generation]:
         d = self.decoding

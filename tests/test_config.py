@@ -105,7 +105,7 @@ def test_extends_loops_are_refused(tmp_path, project_root):
 
 
 def test_method_defaults_follow_the_paper_for_full_finetuning():
-    from cotlib.config import SftConfig
+    from cotlib.schemas import SftConfig
 
     full = SftConfig(generate_cell="g", method="full")
     assert (full.learning_rate, full.epochs, full.batch_size * full.grad_accum, full.max_length, full.seed) == (5e-5, 3.0, 64, 4096, 100)
@@ -113,3 +113,24 @@ def test_method_defaults_follow_the_paper_for_full_finetuning():
     assert q.learning_rate == 1e-4 and q.batch_size * q.grad_accum == 64  # an explicit key wins over the default
     with pytest.raises(ValueError, match="padding_free: needs attn_implementation: flash_attention_2"):
         SftConfig(generate_cell="g", padding_free=True)
+
+
+def test_the_study_grid_is_the_minimum_grid_with_one_hyper_parameter_set(project_root):
+    g = load_grid(project_root / "params" / "study" / "svamp.yaml")
+    count = {s: sum(c.stage == s for c in g.cells) for s in ("generate", "sft", "evaluate", "figures")}
+    assert count == {"generate": 13, "sft": 33, "evaluate": 36, "figures": 1}
+    gens = [c.config for c in g.cells if c.stage == "generate"]
+    assert {(c.teacher, c.level, c.format) for c in gens} == {
+        *{("gpt-4o", lvl, "cot") for lvl in range(1, 7)}, ("answer-only", None, "cot"), ("human", None, "cot"),
+        ("gemini-1.5-flash", 3, "cot"), ("llama-3-70b", 3, "cot"), *{("gpt-4o", 3, f) for f in ("bsm", "rar", "sym")}}
+    assert all(c.backend == "replay" and c.dataset == "svamp" and c.n_examples is None for c in gens)  # all 700
+    sft = [c for c in g.cells if c.stage == "sft"]
+    per_student = {s: sum(c.config.student == s for c in sft) for s in ("smollm2-135m", "gemma-3-270m", "qwen2.5-coder-0.5b")}
+    assert per_student == {"smollm2-135m": 13, "gemma-3-270m": 13, "qwen2.5-coder-0.5b": 7}
+    assert {c.lineage["teacher"] for c in sft if c.config.student == "qwen2.5-coder-0.5b"} == {"gpt-4o", "answer-only"}
+    hyper = {(c.config.method, c.config.learning_rate, c.config.epochs, c.config.batch_size, c.config.lora_r,
+              c.config.lora_alpha, c.config.seed) for c in sft}
+    assert len(hyper) == 1  # one hyper-parameter set, identical across levels, teachers and formats
+    evals = [c.config for c in g.cells if c.stage == "evaluate"]
+    assert sum(c.sft_cell is None for c in evals) == 3  # each student before fine-tuning
+    assert all(c.dataset == "svamp" and c.split == "test" and c.n_examples is None and c.temperature == 0 for c in evals)

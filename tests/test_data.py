@@ -90,3 +90,71 @@ def test_empty_split_is_an_error(tmp_path, monkeypatch):
     empty.write_text("[]")
     with pytest.raises(data.DataError, match=r"'strategyqa' split 'test' is empty"):
         data.load_examples("strategyqa", source="local")
+
+
+# ---------------------------------------------------------------- MATH-500 locally, subjects, leakage
+
+@needs_shared_data
+def test_math500_loads_locally_and_restricts_to_the_papers_four_subjects():
+    test = data.load_examples("math", "test", source="local")
+    assert len(test) == 500 and all(e.answer_type == "math" and e.subject in data.MATH_SUBJECTS for e in test)
+    assert test[0].id.startswith("test/") and test[0].answer  # gold is MATH-500's `answer` field
+    paper = data.load_examples("math", "test", source="local", subjects=list(data.PAPER_MATH_SUBJECTS))
+    assert len(paper) == 306 and {e.subject for e in paper} == set(data.PAPER_MATH_SUBJECTS)
+    # the training file spells two subjects without spaces; both spellings select the same problems
+    assert data.load_examples("math", "test", subjects=["CountingAndProbability", "NumberTheory"]) == \
+        data.load_examples("math", "test", subjects=["Counting & Probability", "Number Theory"])
+    train = data.load_examples("math", "train", source="local", subjects=["NumberTheory"])
+    assert len(train) == 190 and {e.subject for e in train} == {"Number Theory"}
+
+
+def test_subjects_are_validated_in_the_grid():
+    from cotlib.schemas import EvaluateConfig
+
+    assert EvaluateConfig(dataset="math", subjects=["NumberTheory"]).subjects == ["Number Theory"]
+    with pytest.raises(ValueError, match="unknown math subject 'Topology'; known: Prealgebra, Algebra"):
+        EvaluateConfig(dataset="math", subjects=["Topology"])
+    with pytest.raises(ValueError, match="dataset 'svamp' has no subjects"):
+        EvaluateConfig(dataset="svamp", subjects=["Algebra"])
+
+
+@needs_shared_data
+@pytest.mark.parametrize("name", ["svamp", "gsm8k", "aqua", "math", "csqa", "obqa", "strategyqa"])
+def test_no_test_question_is_among_the_training_questions(name, capsys):
+    raw = data._rows(name, "train", "local")  # the paper's training file as it is
+    leaked = data.train_test_overlap(name, raw, "local")
+    with capsys.disabled():
+        print(f"\n{name}: {len(leaked)} of the test questions are among the {len(raw)} training questions")
+    assert not data.train_test_overlap(name, data.load_examples(name, "train", source="local"), "local")
+
+
+def test_a_training_question_that_is_a_test_question_is_dropped_with_a_warning(tmp_path, monkeypatch, caplog):
+    import json
+
+    monkeypatch.setenv("COTLIB_DATA_DIR", str(tmp_path))
+    test = [{"instruction": "Could a cat fly?", "label": "False"}, {"instruction": "Is ice cold?", "label": "True"}]
+    train = [{"instruction": "Is fire hot?", "output": "True"}, {"instruction": "could a cat  FLY?", "output": "False"}]
+    for rel, rows in (("testsets/strategyqa/strategyQA_test.json", test), ("paper_sft/strategyQA_onlyans.json", train)):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(json.dumps(rows))
+    with caplog.at_level("WARNING"):
+        kept = data.load_examples("strategyqa", "train", source="local")
+    assert [e.question for e in kept] == ["Is fire hot?"]
+    assert "dropped 1 training questions that are also test questions" in caplog.text
+
+
+@needs_shared_data
+def test_the_replayed_strategyqa_human_set_leaves_the_test_questions_out(tmp_path):
+    """The release's StrategyQA human file holds all 290 test questions; a replayed set takes the CoTs of the
+    training questions only."""
+    from cotlib.files import read_jsonl
+    from cotlib.schemas import GenerateConfig
+    from cotlib.stages import run_cell
+
+    human = data.read_json_records(data.data_root() / "paper_sft" / "stqa_human_annotation.json.gz")
+    test = {data.norm_question(e.question).lower() for e in data.load_examples("strategyqa", "test", source="local")}
+    assert len(test & {data.norm_question(r["instruction"]).lower() for r in human}) == 290
+    run_cell("generate", tmp_path / "g", GenerateConfig(backend="replay", dataset="strategyqa", teacher="human",
+                                                        level=None, filter="keep_all"))
+    kept = read_jsonl(tmp_path / "g" / "sft.jsonl")
+    assert len(kept) > 1900 and not {data.norm_question(r["question"]).lower() for r in kept} & test

@@ -68,16 +68,44 @@ def test_our_own_dataset_says_no_paper_values(tmp_path):
 
 
 @pytest.mark.parametrize("fn,key,expected", [
-    (figures.format_comparison, "format", {"cot": (40 + 55 + 50 + 45) / 4, "rar": 52, "sym": 48}),
-    (figures.teacher_comparison, "teacher", {"gpt-4o": (40 + 55 + 50 + 52 + 48) / 5, "gemini-1.5-flash": 45}),
+    # the cells that differ only in their format: gpt-4o at level 5 (cot 50%, rar 52%, sym 48%)
+    (figures.format_comparison, "format", {"cot": 50, "rar": 52, "sym": 48}),
+    # the cells that differ only in their teacher: cot at level 5 (gpt-4o 50%, gemini 45%)
+    (figures.teacher_comparison, "teacher", {"gpt-4o": 50, "gemini-1.5-flash": 45}),
 ])
-def test_bar_figures_draw_the_mean_accuracy_per_group(tmp_path, fn, key, expected):
+def test_bar_figures_draw_one_bar_per_comparable_cell_with_its_interval(tmp_path, fn, key, expected):
     d = fn(_table(), tmp_path, ["png"])
     assert d.paths[0].exists()
     got = dict(zip(d.data[key], d.data["value"]))
-    assert got == pytest.approx(expected)
+    assert got == pytest.approx(expected)  # never a mean over cells that differ in more than `key`
+    assert (d.data["ci95_high"] - d.data["value"]).tolist() == pytest.approx([10.0] * len(expected))
     heights = sorted(round(p.get_height(), 6) for p in d.figure.axes[0].patches if p.get_height() > 0)
     assert heights == sorted(round(v, 6) for v in expected.values())
+    refs = [c for c in d.figure.axes[0].collections if c.get_label().startswith("base")]
+    assert refs  # the student's base cell is drawn as a reference
+
+
+def test_exact_mcnemar_and_holm_give_the_textbook_results():
+    from cotlib import stats
+
+    # Fagerland, Lydersen & Laake (2013), BMC Med Res Methodol 13:91: 1 and 7 discordant pairs -> exact p = 0.070
+    assert stats.mcnemar_exact(1, 7) == pytest.approx(0.0703125)
+    assert stats.mcnemar_exact(7, 1) == stats.mcnemar_exact(1, 7) and stats.mcnemar_exact(5, 5) == 1.0
+    assert stats.mcnemar_exact(0, 0) == 1.0
+    # Holm (1979): sorted p x (m - rank), made monotone
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+
+
+def test_paired_tests_compare_a_students_levels_on_the_same_questions():
+    table = _table()
+    qs = [f"q{i}" for i in range(100)]
+    correct = {c: {q: i < round(100 * a) for i, q in enumerate(qs)} for c, a in zip(table["cell"], table["accuracy"])}
+    paired = figures.paired_table(table, correct)
+    levels = paired[paired["group"] == "gsm8k / gemma-2b / levels"]
+    assert len(levels) == 3  # levels 1, 3, 5 of gpt-4o: three pairs
+    row = levels[(levels["a"] == "evaluate/a1") & (levels["b"] == "evaluate/a3")].iloc[0]
+    assert (row.n, row.a_only_right, row.b_only_right) == (100, 0, 15)  # 40% vs 55%, nested right answers
+    assert row.p == pytest.approx(2 * 0.5**15) and row.significant
 
 
 def test_padding_ablation_is_the_papers_three_rows(tmp_path):

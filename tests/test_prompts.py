@@ -23,7 +23,8 @@ def _targets_csv() -> list[dict]:
 
 def test_targets_rise_with_the_level_for_every_dataset():
     rows = _targets_csv()
-    assert {r["dataset"] for r in rows} == set(data.DATASETS) == set(prompts.EXEMPLAR_FOR)
+    assert {r["dataset"] for r in rows} == set(data.DATASETS)
+    assert all(data.SPECS[ds].exemplar in prompts.EXEMPLARS for ds in data.DATASETS)
     for ds in data.DATASETS:
         words = [prompts.target_words(ds, level) for level in range(1, 7)]
         assert all(a < b for a, b in zip(words, words[1:])), (ds, words)
@@ -66,8 +67,8 @@ def test_teacher_prompt_asks_for_the_datasets_answer_line_and_its_exemplar_grade
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
     assert f"End with the line {line}." in msgs[0]["content"]
     assert f"about {prompts.target_words(dataset, 4)} words" in msgs[0]["content"]
-    ex = prompts.EXEMPLARS[prompts.EXEMPLAR_FOR[dataset]]
-    kind = data.ANSWER_TYPES[dataset]
+    ex = prompts.exemplar_for(dataset)
+    kind = data.spec(dataset).answer_type
     choices = data.parse_rendered_choices(ex.question) if kind == "choice" else None
     assert grade(msgs[2]["content"], ex.answer, kind, choices).strict_correct
 

