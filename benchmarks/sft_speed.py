@@ -53,13 +53,20 @@ cfg = SftConfig.model_validate({"generate_cell": "generate/g", "save_steps": 100
 tok = models.load_tokenizer(cfg.student)
 pairs, _ = train.build_dataset(cfg, read_jsonl(root / "generate" / "g" / "sft.jsonl"), tok)
 trainer = train.make_trainer(cfg, pairs, tok, root / "out")
-steps = []
+c, sizes, seconds = trainer.data_collator, [], []
+def collate(features):  # the dataloader fetches ahead of the step: count each batch as it is made, in order
+    before = c.real
+    out = c(features)
+    sizes.append(c.real - before)
+    return out
+trainer.data_collator = collate
 class Clock(TrainerCallback):
-    def on_step_begin(self, *a, **k): self.t = time.perf_counter(); self.real = trainer.data_collator.real
-    def on_step_end(self, *a, **k): steps.append((time.perf_counter() - self.t, trainer.data_collator.real - self.real))
+    def on_step_begin(self, *a, **k): self.t = time.perf_counter()
+    def on_step_end(self, *a, **k): seconds.append(time.perf_counter() - self.t)
 trainer.add_callback(Clock())
 trainer.train()
-c = trainer.data_collator
+ga = trainer.args.gradient_accumulation_steps
+steps = [(t, sum(sizes[i * ga:(i + 1) * ga])) for i, t in enumerate(seconds)]
 timed = steps[1:] or steps  # the first step pays one-off allocation; it is left out of the rate
 print("RESULT " + json.dumps({
     "tokens_per_second": sum(n for _, n in timed) / sum(t for t, _ in timed),
@@ -124,7 +131,7 @@ def main() -> int:
     p.add_argument("--student", default="smollm2-135m")
     p.add_argument("--examples", type=int, default=400)
     p.add_argument("--steps", type=int, default=50, help="steps of today's path and the fast path (loss curves)")
-    p.add_argument("--quick-steps", type=int, default=12, help="steps of each single-change variant")
+    p.add_argument("--quick-steps", type=int, default=12, help="steps of each single-change variant (0: skip them)")
     a = p.parse_args()
 
     import torch
@@ -169,6 +176,8 @@ def main() -> int:
             ("  + LM head scores completion tokens only", {**today, "score_every_position": False}),
             ("  + 1 thread instead of 2", {**today, "threads": 1}),
         ]
+        if not a.quick_steps:
+            quick = []  # --quick-steps 0: only today's path against the fast path
         print(f"\neach change on its own ({a.quick_steps} steps, first step not timed):")
         print(f"{'variant':72s} {'tokens/s':>9s} {'pad':>6s} {'GFLOP/s':>8s} {'of peak':>8s}")
         for label, spec in quick:

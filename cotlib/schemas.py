@@ -150,6 +150,9 @@ class GenerateConfig(Strict):
     def _fits(self) -> GenerateConfig:
         from .teacher_backends import backend_for
 
+        if not data.SPECS[self.dataset].has_train:
+            raise ValueError(f"dataset {self.dataset!r} is for evaluation only (no training questions, no level "
+                             f"targets): generate CoTs for one of {', '.join(d for d, s in data.SPECS.items() if s.has_train)}")
         backend_for(self).check(self)
         object.__setattr__(self, "subjects", _subjects(self.dataset, self.subjects))
         return self

@@ -23,9 +23,10 @@ def _targets_csv() -> list[dict]:
 
 def test_targets_rise_with_the_level_for_every_dataset():
     rows = _targets_csv()
-    assert {r["dataset"] for r in rows} == set(data.DATASETS)
+    taught = [ds for ds in data.DATASETS if data.SPECS[ds].has_train]
+    assert {r["dataset"] for r in rows} == set(taught)
     assert all(data.SPECS[ds].exemplar in prompts.EXEMPLARS for ds in data.DATASETS)
-    for ds in data.DATASETS:
+    for ds in taught:
         words = [prompts.target_words(ds, level) for level in range(1, 7)]
         assert all(a < b for a, b in zip(words, words[1:])), (ds, words)
 
