@@ -238,6 +238,9 @@ SPECS: dict[str, DatasetSpec] = {s.name: s for s in [
     DatasetSpec("svamp", "number", "number", train_file="SVAMP_only_ans.json",
                 test_from_train_complement="testsets/svamp/test.jsonl",
                 hub=HubCopy("ChilleD/SVAMP", None, _svamp_row), release_names=("svamp",)),
+    # all 1,000 SVAMP problems, as papers that report SVAMP on the whole set test: evaluation only, and for
+    # base students or students not trained on SVAMP, since it holds SVAMP's 700 training problems
+    DatasetSpec("svamp-1000", "number", "number", test_file=LocalFile("testsets/svamp/test.jsonl", _svamp_row)),
     DatasetSpec("gsm8k", "number", "number", train_file="gsm_train_onlyans.json",
                 test_file=LocalFile("testsets/gsm8k/test.jsonl", _gsm8k_row),
                 hub=HubCopy("openai/gsm8k", "main", _gsm8k_row), release_names=("gsm8k", "gsm")),

@@ -32,6 +32,20 @@ def test_svamp_test_split_is_the_300_not_in_training():
     assert not {e.question for e in test} & {e.question for e in train}
 
 
+
+@needs_shared_data
+def test_svamp_1000_is_the_whole_file_for_evaluation_only():
+    """A dataset that joined by one registry entry (data.SPECS): all 1,000 problems, the 300 test ones among
+    them, graded as numbers; it has no training split of its own."""
+    whole = data.load_examples("svamp-1000", "test", source="local")
+    test = data.load_examples("svamp", "test", source="local")
+    train = data.load_examples("svamp", "train", source="local")
+    assert len(whole) == 1000 and len({e.id for e in whole}) == 1000
+    questions = {e.question for e in whole}
+    assert {e.question for e in test} <= questions and {e.question for e in train} <= questions
+    assert {e.answer_type for e in whole} == {"number"}
+    with pytest.raises(data.DataError, match="svamp-1000"):
+        data.load_examples("svamp-1000", "train", source="local")
 @needs_shared_data
 @pytest.mark.parametrize("name,size,kind", [("svamp", 700, "number"), ("gsm8k", 7473, "number"), ("aqua", 6900, "choice"),
                                             ("math", 1297, "math"), ("csqa", 9740, "choice"), ("obqa", 4957, "choice"),
