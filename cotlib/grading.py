@@ -303,29 +303,11 @@ def _number_from_clause(clause: str) -> tuple[str, float] | None:
     return _first_number(clause)
 
 
-def _math_number(latex: str) -> tuple[str, float] | None:
+def _first_numeric(values: list) -> tuple[str, float] | None:
+    """The first of math-verify's parsed values that is a number (an equation counts by its right side)."""
     import sympy
 
-    for v in _mv_parse(latex if _has_math_delims(latex) else f"${latex}$"):
-        if isinstance(v, sympy.Eq):
-            v = v.rhs
-        if isinstance(v, sympy.Basic) and v.is_number:
-            try:
-                return str(v), float(v)
-            except (TypeError, ValueError):
-                return None
-    return None
-
-
-def _number_fallback(text: str) -> tuple[str, float] | None:
-    """Math-verify's extraction over the whole response: boxed, anchored answer, else the last number."""
-    import sympy
-
-    text = _strip_percent(text)
-    if hashes := list(_GSM8K_HASHES.finditer(text)):  # GSM8K's "#### 18"
-        if found := _first_number(text[hashes[-1].end():][:40]):
-            return found
-    for v in _mv_parse(_mv_prepare(text)):
+    for v in values:
         if isinstance(v, sympy.Eq):
             v = v.rhs
         if isinstance(v, sympy.Basic) and v.is_number:
@@ -334,6 +316,19 @@ def _number_fallback(text: str) -> tuple[str, float] | None:
             except (TypeError, ValueError):
                 continue
     return None
+
+
+def _math_number(latex: str) -> tuple[str, float] | None:
+    return _first_numeric(_mv_parse(latex if _has_math_delims(latex) else f"${latex}$"))
+
+
+def _number_fallback(text: str) -> tuple[str, float] | None:
+    """Math-verify's extraction over the whole response: boxed, anchored answer, else the last number."""
+    text = _strip_percent(text)
+    if hashes := list(_GSM8K_HASHES.finditer(text)):  # GSM8K's "#### 18"
+        if found := _first_number(text[hashes[-1].end():][:40]):
+            return found
+    return _first_numeric(_mv_parse(_mv_prepare(text)))
 
 
 def _grade_number(text: str, policy: str) -> tuple[tuple[str, float] | None, tuple[str, float] | None]:
