@@ -116,9 +116,10 @@ class TransformersEngine:
         hardware.empty_device_cache()  # before vLLM claims its share of the GPU
 
 
-# Below this many tokens of output (prompts x max_new_tokens, an upper bound) vLLM's engine start on CPU
-# (about 36 s here for SmolLM2) costs more than it saves: transformers' batched generation runs ~90 non-pad
-# tokens/s against vLLM's ~240 (benchmarks/eval_speed.py), so the two break even near 5,000 tokens.
+# Below this many tokens of output vLLM's engine start on a CPU costs more than it saves. Measured here
+# (benchmarks/eval_speed.py): batched transformers ~120 tokens/s, vLLM ~315, a start of 10-36 s, so they
+# break even between ~1,900 and ~7,000 tokens produced. prompts x max_new_tokens is an upper bound on
+# what a job produces, so the bound sits low: only jobs surely too small for vLLM skip it.
 VLLM_MIN_TOKENS = 2048
 
 

@@ -9,7 +9,6 @@ went (from the sft cell it evaluated); `correctness` the per-question grades tha
 from __future__ import annotations
 
 import warnings
-
 from pathlib import Path
 from typing import Any
 

@@ -75,9 +75,6 @@ class _LocalModel(TeacherBackend):
     def gpus(self, cfg: GenerateConfig, per_stage: float) -> float:
         return per_stage
 
-    def _engine(self, n_prompts: int, max_new_tokens: int) -> str:
-        return self.engine
-
     def produce(self, cfg: GenerateConfig, todo: list[data.Example], save: Save) -> dict[str, int]:
         for ex, reply in self._replies(cfg, todo):
             save(ex, reply)
@@ -88,7 +85,7 @@ class _LocalModel(TeacherBackend):
 
         tok = models.load_tokenizer(cfg.teacher)
         texts = [tok.apply_chat_template(messages(cfg, ex), tokenize=False, add_generation_prompt=True) for ex in todo]
-        engine = generation.open_engine(self._engine(len(texts), cfg.decoding.max_new_tokens), cfg.teacher, tok, texts, cfg.decoding,
+        engine = generation.open_engine(self.engine, cfg.teacher, tok, texts, cfg.decoding,
                                         batch_size=cfg.batch_size, desc=f"teacher L{cfg.level}")
         chunk = cfg.batch_size * 4
         try:
@@ -115,12 +112,7 @@ class VllmTeacher(_LocalModel):
 class AutoLocalTeacher(_LocalModel):
     """A local teacher through the fastest engine that writes the same CoTs here (see generation.fastest_engine)."""
 
-    name = "auto"
-
-    def _engine(self, n_prompts: int, max_new_tokens: int) -> str:
-        from . import generation
-
-        return generation.fastest_engine(n_prompts, max_new_tokens)
+    name = engine = "auto"  # generation.open_engine resolves it for the prompts at hand
 
 
 class OpenAITeacher(TeacherBackend):
