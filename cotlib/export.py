@@ -11,6 +11,7 @@ so the results can be re-graded without generating again).
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import shutil
 from pathlib import Path
@@ -76,7 +77,9 @@ def export(grid: Grid, out: Path, formats: tuple[str, ...] = ("png",)) -> list[P
     (grid_dir / "merged.yaml").write_text(yaml.safe_dump(read_with_extends(grid.path), sort_keys=False))
     written.append(grid_dir / "merged.yaml")
     written.append(atomic_write_json(out / "code.json", _code_versions(grid)))
-    with gzip.open(out / "outputs.jsonl.gz", "wt", encoding="utf-8") as fh:
+    # mtime=0: the same records give the same bytes, so a re-export leaves git with nothing to commit
+    with open(out / "outputs.jsonl.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
+            io.TextIOWrapper(gz, encoding="utf-8") as fh:
         for d in eval_dirs:
             if cells.read_metrics(d):
                 for r in iter_jsonl(d / "records.jsonl"):
