@@ -266,16 +266,17 @@ def test_a_torn_last_line_is_repaired_and_a_notebook_failing_after_its_stage_is_
                           notebooks={"generate": nb})
         run = spawn("run", grid)
         records = lambda: next(iter(cell_dirs(tmp_project, "torn", "generate")), Path("/nonexistent")) / "records.jsonl"  # noqa: E731
-        wait_for(lambda: lines(records()) >= 3, 180, "three saved rows", run)
+        wait_for(lambda: lines(records()) >= 4, 180, "four saved rows", run)
         run.send_signal(signal.SIGKILL)
         run.wait()
         path = records()
         wait_gone(json.loads((path.parent / ".cell.lock.holder").read_text())["pid"])
+        written = lines(path)
         text = path.read_bytes()
         last = text.rstrip(b"\n").rsplit(b"\n", 1)[-1]
         path.write_bytes(text[: len(text) - 1 - len(last) // 2])  # the last row cut in half, as a kill mid-write leaves it
         saved = {r["question"] for r in rows(path.parent).values()}
-        assert 3 <= len(saved) < 8
+        assert 3 <= len(saved) == written - 1 < 8  # every whole row kept, the torn one not
 
         failing = cotlib("run", grid, env={"COTLIB_FAULT_FAIL_AFTER": "1"})
         assert failing.returncode == 1 and "injected: the notebook fails after" in failing.stderr, failing.stdout + failing.stderr
