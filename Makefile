@@ -47,7 +47,7 @@ models: setup
 	$(BIN)/cotlib models install $(MODELS)
 
 test: setup models
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 status: setup
 	$(BIN)/cotlib status params/demo.yaml

@@ -11,11 +11,17 @@ at every level, with any backend:
 Use many questions: the bands are means over whole files, and GPT-4o's own released CoTs (replay)
 fall outside its own band at 5 of 6 levels on the first 50 SVAMP questions, at 2 on 200, at none on
 all 700. The ± column is the 95% interval of our mean.
+
+A level's CoTs are kept under `--out` (default benchmarks/out/level_calibration), in a folder named
+for everything that decides them: the generate config and that level's prompt. A rerun after editing
+one level's prompt regenerates that level only and reuses the others (greedy decoding: the same prompt
+gives the same CoTs), so a before/after comparison of one prompt change costs one level, not six.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import subprocess
@@ -37,6 +43,13 @@ run_cell("generate", sys.argv[2], GenerateConfig.model_validate(json.loads(sys.a
 """
 
 
+def fingerprint(cfg: GenerateConfig) -> str:
+    """What decides a level's CoTs: the config and that level's prompt (instruction and exemplar)."""
+    messages = prompts.teacher_messages("{question}", cfg.level, cfg.format, cfg.dataset)
+    blob = json.dumps([cfg.model_dump(mode="json"), messages], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--dataset", default="svamp")
@@ -46,19 +59,29 @@ def main() -> int:
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=320)
     p.add_argument("--batch-size", type=int, default=64, help="prompts per chunk (vLLM batches a chunk at once)")
+    p.add_argument("--out", default=str(Path(__file__).parent / "out" / "level_calibration"),
+                   help="where each level's CoTs are kept and reused; '' for a temporary folder")
     a = p.parse_args()
     bands = released.level_bands(a.dataset)
     ours: dict[int, float] = {}
     half: dict[int, float] = {}
+    shares: dict[int, tuple[float, float]] = {}  # teacher correct, answer line written
     with tempfile.TemporaryDirectory() as tmp:
+        out = Path(a.out) if a.out else Path(tmp)
         for level in range(1, 7):
             cfg = GenerateConfig.model_validate({
                 "dataset": a.dataset, "split": "train", "n_examples": a.n, "backend": a.backend, "teacher": a.teacher,
                 "level": level, "filter": "keep_all", "max_new_tokens": a.max_new_tokens, "batch_size": a.batch_size,
                 **({"api": {"base_url": a.base_url}} if a.base_url else {})})
-            cell = Path(tmp) / "generate" / f"L{level}"
-            subprocess.run([sys.executable, "-c", _CHILD, json.dumps(cfg.model_dump(mode="json")), str(cell)], check=True)
-            words = [r["words"] for r in iter_jsonl(cell / "records.jsonl") if r["status"] != "failed"]
+            cell = out / f"{a.dataset}-{a.teacher}-n{a.n}" / f"L{level}-{fingerprint(cfg)}"
+            if (cell / "metrics.json").exists():
+                print(f"L{level}: reusing {cell} (same config, same prompt)", flush=True)
+            else:
+                subprocess.run([sys.executable, "-c", _CHILD, json.dumps(cfg.model_dump(mode="json")), str(cell)], check=True)
+            rows = [r for r in iter_jsonl(cell / "records.jsonl") if r["status"] != "failed"]
+            words = [r["words"] for r in rows]
+            shares[level] = (statistics.fmean(bool(r["teacher_correct"]) for r in rows),
+                             statistics.fmean(bool(r["format_followed"]) for r in rows))
             ours[level] = statistics.fmean(words)
             half[level] = 1.96 * statistics.stdev(words) / len(words) ** 0.5 if len(words) > 1 else float("nan")
     print(f"{a.dataset}: mean words per CoT (± 95% CI), {a.teacher} ({a.backend}, {a.n} questions) vs. the released band")
@@ -68,7 +91,8 @@ def main() -> int:
         ok = lo <= ours[level] <= hi
         inside += ok
         print(f"  L{level}: ours {ours[level]:6.1f} ± {half[level]:4.1f}   asked {prompts.target_words(a.dataset, level):4d}   "
-              f"released {lo:6.1f} .. {hi:6.1f}   {'in band' if ok else 'OUT'}")
+              f"released {lo:6.1f} .. {hi:6.1f}   {'in band' if ok else 'OUT':7s}   "
+              f"teacher correct {shares[level][0]:4.0%}   answer line {shares[level][1]:4.0%}")
     ordered = all(ours[k] < ours[k + 1] for k in range(1, 6))
     print(f"level calibration: {inside}/6 levels in band; order 1 < ... < 6 {'kept' if ordered else 'NOT kept'}")
     return 0 if inside == 6 and ordered else 1

@@ -94,7 +94,9 @@ def accuracy_vs_level(table: pd.DataFrame, paper: pd.DataFrame, out_dir: Path, f
     ours = _groups(_ours(table))
     trained = ours[(ours["method"] != "base") & ours["level"].notna() & (ours["format"] == "cot")]
     ref = paper[(paper["figure"] == "granularity") & (paper["metric"] == "accuracy")]
-    datasets = sorted(set(ours["dataset"].dropna()) | set(ref["dataset"]))
+    # a panel per dataset we have cells for (the paper's values drawn beside ours); the paper's alone only
+    # where there are no cells of ours yet
+    datasets = sorted(set(ours["dataset"].dropna()) or set(ref["dataset"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 3.9), squeeze=False)
     students = sorted(set(ours["student"].dropna()) | set(ref["student"].dropna()))
     palette = dict(zip(students, sns.color_palette("colorblind", max(3, len(students)))))
@@ -124,7 +126,7 @@ def accuracy_vs_level(table: pd.DataFrame, paper: pd.DataFrame, out_dir: Path, f
             ax.plot([], [], "o", mfc="white", mec="grey", label="significantly below the student's best level")
         ax.set(title=ds, xlabel="granularity level", ylabel="accuracy (%)", xticks=range(1, 7), xlim=(0.5, 6.5))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below: never over the next panel
     fig.suptitle("Student accuracy vs. CoT granularity (error bars: 95% CI; dashed: base; dash-dot: answer-only)", fontsize=9)
     return _save(fig, out_dir, "accuracy_vs_level", formats, pd.DataFrame(drawn))
 

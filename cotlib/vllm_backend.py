@@ -15,9 +15,7 @@ from typing import Any
 
 from . import hardware
 from .generation import Generation, finish, stop_token_ids
-
-
-CPU_KV_CACHE_BYTES = 2 << 30
+from .offline_models import CPU_KV_CACHE_BYTES  # one value: the install message quotes it
 
 
 class VllmMissing(RuntimeError):

@@ -65,6 +65,22 @@ def test_our_own_dataset_says_no_paper_values(tmp_path):
     d = figures.accuracy_vs_level(table, figures.paper_results(), tmp_path, ["png"])
     labels = [t.get_text() for ax in d.figure.axes for t in ax.get_legend().get_texts()]
     assert "no paper values known: ours only" in labels
+    assert [ax.get_title() for ax in d.figure.axes] == ["demo-arith"]  # no panel of the paper's datasets alone
+
+
+def test_each_panels_legend_stays_off_the_other_panels(tmp_path):
+    table = pd.concat([_table(), _table().assign(dataset="svamp")])
+    d = figures.accuracy_vs_level(table, figures.paper_results(), tmp_path, ["png"])
+    fig = d.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["gsm8k", "svamp"]
+    for ax in axes:
+        legend = ax.get_legend().get_window_extent(renderer)
+        for other in axes:
+            if other is not ax:
+                assert not legend.overlaps(other.get_tightbbox(renderer)), f"{ax.get_title()}'s legend covers {other.get_title()}"
 
 
 @pytest.mark.parametrize("fn,key,expected", [
