@@ -42,6 +42,8 @@ def _code_versions(grid: Grid) -> dict:
     shas: dict[str, int] = {}
     regraded = 0
     for c in grid.cells:
+        if not (grid.cell_dir(c) / "metrics.json").exists():
+            continue  # a cell still running, or cut short, has provenance but no result to attribute
         try:
             prov = read_json(grid.cell_dir(c) / "provenance.json")
         except (FileNotFoundError, ValueError):
@@ -81,7 +83,7 @@ def export(grid: Grid, out: Path, formats: tuple[str, ...] = ("png",)) -> list[P
     with open(out / "outputs.jsonl.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
             io.TextIOWrapper(gz, encoding="utf-8") as fh:
         for d in eval_dirs:
-            if cells.read_metrics(d):
+            if cells.read_metrics(d) and (d / "records.jsonl").exists():  # results.collect warned of one without
                 for r in iter_jsonl(d / "records.jsonl"):
                     fh.write(json.dumps({"cell": f"{d.parent.name}/{d.name}", **{k: r.get(k) for k in (
                         "id", "output", "gold", "answer_type", "choices", "extracted", "correct", "new_tokens")}}) + "\n")

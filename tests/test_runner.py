@@ -181,3 +181,27 @@ def test_qlora_on_a_cpu_machine_is_refused_before_any_kernel(tmp_project):
     assert run.returncode == 2
     assert "cannot start" in run.stderr and "needs a CUDA GPU" in run.stderr and "use method: lora" in run.stderr
     assert not (tmp_project / "outputs" / "q" / "generate").exists()  # nothing ran, not even the generate cell
+
+
+def test_export_attributes_only_finished_cells_and_figures_redraw_from_it(stub_grid, tmp_project):
+    """`cotlib results --export` writes the small files to commit; `cotlib figures DIR` redraws from them alone.
+    A cell cut short (provenance written at its start, no metrics.json) is not counted as produced by any code."""
+    g = load_grid(stub_grid)
+    assert all(s.state == "done" for s in runner.run(g, log=lambda _: None))
+    cut = next(c for c in g.cells if c.stage == "generate")  # the stand-in that, like the real one, calls cells.start
+    prov = json.loads((g.output_root / cut.name / "provenance.json").read_text())  # as `cells.start` left it
+    (g.output_root / cut.name / "metrics.json").unlink()
+    cli = [sys.executable, "-m", "cotlib.cli"]
+    out = tmp_project / "docs" / "results"
+    r = subprocess.run([*cli, "results", str(stub_grid), "--export", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    code = json.loads((out / "code.json").read_text())
+    finished = sum((g.output_root / c.name / "metrics.json").exists() and (g.output_root / c.name / "provenance.json").exists()
+                   for c in g.cells)
+    assert sum(code["cells_by_code_version"].values()) == finished
+    assert prov["git"] is not None and (out / "results.csv").exists() and (out / "grid").is_dir()
+    for png in out.glob("*.png"):
+        png.unlink()
+    r = subprocess.run([*cli, "figures", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (out / "accuracy_vs_level.png").stat().st_size > 10_000
