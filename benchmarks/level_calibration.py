@@ -13,7 +13,7 @@ fall outside its own band at 5 of 6 levels on the first 50 SVAMP questions, at 2
 all 700. The ± column is the 95% interval of our mean.
 
 A level's CoTs are kept under `--out` (default benchmarks/out/level_calibration), in a folder named
-for everything that decides them: the generate config and that level's prompt. A rerun after editing
+by the generate cell's own hash (cells.config_hash: the config and the exact prompt the teacher is sent). A rerun after editing
 one level's prompt regenerates that level only and reuses the others (greedy decoding: the same prompt
 gives the same CoTs), so a before/after comparison of one prompt change costs one level, not six.
 """
@@ -21,7 +21,6 @@ gives the same CoTs), so a before/after comparison of one prompt change costs on
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cotlib import prompts, released
+from cotlib import cells, prompts, released
 from cotlib.files import iter_jsonl
 from cotlib.schemas import GenerateConfig
 
@@ -41,13 +40,6 @@ from cotlib.schemas import GenerateConfig
 from cotlib.stages import run_cell
 run_cell("generate", sys.argv[2], GenerateConfig.model_validate(json.loads(sys.argv[1])))
 """
-
-
-def fingerprint(cfg: GenerateConfig) -> str:
-    """What decides a level's CoTs: the config and that level's prompt (instruction and exemplar)."""
-    messages = prompts.teacher_messages("{question}", cfg.level, cfg.format, cfg.dataset)
-    blob = json.dumps([cfg.model_dump(mode="json"), messages], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 def main() -> int:
@@ -73,8 +65,8 @@ def main() -> int:
                 "dataset": a.dataset, "split": "train", "n_examples": a.n, "backend": a.backend, "teacher": a.teacher,
                 "level": level, "filter": "keep_all", "max_new_tokens": a.max_new_tokens, "batch_size": a.batch_size,
                 **({"api": {"base_url": a.base_url}} if a.base_url else {})})
-            cell = out / f"{a.dataset}-{a.teacher}-n{a.n}" / f"L{level}-{fingerprint(cfg)}"
-            if (cell / "metrics.json").exists():
+            cell = out / f"{a.dataset}-{a.teacher}-n{a.n}" / f"L{level}-{cells.config_hash('generate', cfg)}"
+            if cells.is_done(cell, "generate", cfg):
                 print(f"L{level}: reusing {cell} (same config, same prompt)", flush=True)
             else:
                 subprocess.run([sys.executable, "-c", _CHILD, json.dumps(cfg.model_dump(mode="json")), str(cell)], check=True)

@@ -220,12 +220,13 @@ class DatasetSpec:
     hub: HubCopy | None = None
     release_names: tuple[str, ...] = ()  # how the paper's release file names spell it
     subjects: tuple[str, ...] = ()  # canonical subject names a split can be restricted to
+    embedded: bool = False  # written by the package itself (cotlib.data.demo_examples), both splits
 
     @property
     def has_train(self) -> bool:
         """Whether the dataset has training questions, so teachers write CoTs for it (and level targets
         exist); an evaluation-only dataset has none."""
-        return self.train_file is not None or self.name == "demo-arith"  # the demo writes both splits
+        return self.train_file is not None or self.embedded
 
 
 # MATH subjects in MATH-500's spelling; the paper's training file writes two without spaces.
@@ -234,7 +235,7 @@ MATH_SUBJECTS = ("Prealgebra", "Algebra", "Number Theory", "Counting & Probabili
 PAPER_MATH_SUBJECTS = ("Prealgebra", "Algebra", "Counting & Probability", "Number Theory")
 
 SPECS: dict[str, DatasetSpec] = {s.name: s for s in [
-    DatasetSpec("demo-arith", "number", "number"),
+    DatasetSpec("demo-arith", "number", "number", embedded=True),
     DatasetSpec("svamp", "number", "number", train_file="SVAMP_only_ans.json",
                 test_from_train_complement="testsets/svamp/test.jsonl",
                 hub=HubCopy("ChilleD/SVAMP", None, _svamp_row), release_names=("svamp",)),
@@ -484,9 +485,8 @@ def load_examples(dataset: str, split: str = "test", n: int | None = None, seed:
     local files first and falls back to the hub. Training questions that are also test questions are
     dropped, with a warning naming how many. `subjects` keeps those subjects only (MATH).
     """
-    if dataset == "demo-arith":
+    if spec(dataset).embedded:
         return demo_examples(split, n, seed)
-    spec(dataset)
     if split not in ("train", "test"):
         raise DataError(f"dataset {dataset!r} has splits 'train' and 'test', not {split!r}")
     rows = _rows(dataset, split, source)

