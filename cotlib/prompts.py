@@ -20,7 +20,7 @@ ANSWER_RE = re.compile(re.escape(ANSWER_PREFIX), re.IGNORECASE)  # the paper's a
 
 LEVELS: dict[int, str] = {
     1: "Give only the key idea, with no steps shown.",
-    2: "Give a brief explanation that shows the main step.",
+    2: "In one or two short sentences, show only the main step and its calculation.",
     3: "Explain in a few sentences, writing out each step (calculations in full).",
     4: "Explain step by step in sentences; write out every step and say what each number or fact means.",
     5: "Explain in numbered steps: name each quantity or fact, state each step and why it is needed, and write out every calculation.",

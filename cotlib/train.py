@@ -136,6 +136,7 @@ def _score_only_completion_tokens_on_cpu() -> bool:
         return device.type == "cpu" or original(device)
 
     compact_on_cpu.cotlib_cpu_compact = True
+    compact_on_cpu.cotlib_original = original  # what trl does untouched (the speed test compares both)
     trl_utils._use_triton = compact_on_cpu
     return True
 

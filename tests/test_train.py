@@ -52,6 +52,32 @@ def test_lora_steps_change_the_adapter_and_not_the_base(tmp_path, embedded_model
     assert json.loads((cell / "provenance.json").read_text())["inputs"]["train"]["sha256"]
 
 
+def test_the_fast_path_learns_what_the_old_path_learns_on_the_same_batches(tmp_path, embedded_model_dir, monkeypatch):
+    """No gradient checkpointing and an LM head scoring only completion tokens change the work, not the
+    result: on the same batches (data order) the per-step losses and the adapter agree with the old path's.
+    (Length grouping changes which examples share a step, so it is left out of this comparison.)"""
+    import trl.trainer.utils as trl_utils
+
+    from cotlib import train
+
+    gen = _gen_cell(tmp_path)
+    same = dict(generate_cell=gen, max_steps=3, batch_size=3, learning_rate=1e-3, max_length=128, group_by_length=False)
+    fast = run_sft(SftConfig(**same, gradient_checkpointing=False), tmp_path / "sft" / "fast")
+    assert fast["cpu_compact_lm_head"] is True and fast["gradient_checkpointing"] is False
+
+    # the old path: checkpointing on, and trl's head scoring every position as it does off Triton devices
+    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton.cotlib_original)
+    monkeypatch.setattr(train, "_score_only_completion_tokens_on_cpu", lambda: False)
+    old = run_sft(SftConfig(**same, gradient_checkpointing=True), tmp_path / "sft" / "old")
+    assert old["gradient_checkpointing"] is True and old["cpu_compact_lm_head"] is False
+
+    losses = {k: [e["loss"] for e in json.loads((tmp_path / "sft" / k / "loss.json").read_text())] for k in ("fast", "old")}
+    assert len(losses["fast"]) == 3 and losses["fast"] == pytest.approx(losses["old"], rel=1e-3)
+    a = load_file(tmp_path / "sft" / "fast" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "sft" / "old" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
+
+
 def test_qlora_on_cpu_stops_before_loading_and_suggests_lora():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
