@@ -42,6 +42,16 @@ run_cell("generate", sys.argv[2], GenerateConfig.model_validate(json.loads(sys.a
 """
 
 
+def summarize(rows) -> tuple[float, float, float, float]:
+    """Of a level's answered rows (generate records): mean words, its 95% half-interval, the teacher's
+    share correct and the share that wrote the answer line."""
+    rows = [r for r in rows if r["status"] != "failed"]
+    words = [r["words"] for r in rows]
+    half = 1.96 * statistics.stdev(words) / len(words) ** 0.5 if len(words) > 1 else float("nan")
+    return (statistics.fmean(words), half, statistics.fmean(bool(r["teacher_correct"]) for r in rows),
+            statistics.fmean(bool(r["format_followed"]) for r in rows))
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--dataset", default="svamp")
@@ -57,7 +67,7 @@ def main() -> int:
     bands = released.level_bands(a.dataset)
     ours: dict[int, float] = {}
     half: dict[int, float] = {}
-    shares: dict[int, tuple[float, float]] = {}  # teacher correct, answer line written
+    shares: dict[int, list[float]] = {}  # teacher correct, answer line written
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(a.out) if a.out else Path(tmp)
         for level in range(1, 7):
@@ -70,12 +80,7 @@ def main() -> int:
                 print(f"L{level}: reusing {cell} (same config, same prompt)", flush=True)
             else:
                 subprocess.run([sys.executable, "-c", _CHILD, json.dumps(cfg.model_dump(mode="json")), str(cell)], check=True)
-            rows = [r for r in iter_jsonl(cell / "records.jsonl") if r["status"] != "failed"]
-            words = [r["words"] for r in rows]
-            shares[level] = (statistics.fmean(bool(r["teacher_correct"]) for r in rows),
-                             statistics.fmean(bool(r["format_followed"]) for r in rows))
-            ours[level] = statistics.fmean(words)
-            half[level] = 1.96 * statistics.stdev(words) / len(words) ** 0.5 if len(words) > 1 else float("nan")
+            ours[level], half[level], *shares[level] = summarize(iter_jsonl(cell / "records.jsonl"))
     print(f"{a.dataset}: mean words per CoT (± 95% CI), {a.teacher} ({a.backend}, {a.n} questions) vs. the released band")
     inside = 0
     for level in range(1, 7):

@@ -19,10 +19,11 @@ variant whose mean lands closest to its level's word target.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 
-from cotlib import data, generation, models, prompts, teachers
+from level_calibration import summarize  # the same figures as the full calibration
+
+from cotlib import data, generation, models, prompts, teacher_backends, teachers
 from cotlib.schemas import GenerateConfig
 
 
@@ -44,24 +45,23 @@ def main() -> int:
     p.add_argument("--variant", type=parse_variant, action="append", required=True, metavar="LEVEL=INSTRUCTION")
     a = p.parse_args()
 
-    cfg = GenerateConfig.model_validate({"teacher": a.teacher, "dataset": a.dataset, "split": "train",
-                                         "level": a.variant[0][0], "max_new_tokens": a.max_new_tokens,
-                                         "backend": a.backend})
+    base = {"teacher": a.teacher, "dataset": a.dataset, "split": "train", "filter": "keep_all",
+            "max_new_tokens": a.max_new_tokens, "backend": a.backend}
     examples = data.load_examples(a.dataset, "train", a.n)
     variants = [(lvl, prompts.LEVELS[lvl], "current") for lvl in sorted({lvl for lvl, _ in a.variant})]
     variants += [(lvl, text, f"variant {i + 1}") for i, (lvl, text) in enumerate(a.variant)]
+    cfgs = [GenerateConfig.model_validate({**base, "level": lvl}) for lvl, _, _ in variants]
     tok = models.load_tokenizer(a.teacher)
     current = dict(prompts.LEVELS)
     texts = []
-    try:
-        for lvl, instruction, _ in variants:
+    try:  # each variant's prompts are rendered while its instruction stands in for its level's
+        for (lvl, instruction, _), cfg in zip(variants, cfgs):
             prompts.LEVELS[lvl] = instruction
-            texts += [tok.apply_chat_template(prompts.teacher_messages(ex.question, lvl, "cot", a.dataset),
-                                              tokenize=False, add_generation_prompt=True) for ex in examples]
-            prompts.LEVELS.update(current)
+            texts += [tok.apply_chat_template(teacher_backends.messages(cfg, ex), tokenize=False, add_generation_prompt=True)
+                      for ex in examples]
     finally:
         prompts.LEVELS.update(current)
-    engine = generation.open_engine(a.backend, a.teacher, tok, texts, cfg.decoding, batch_size=64, desc="probe")
+    engine = generation.open_engine(a.backend, a.teacher, tok, texts, cfgs[0].decoding, batch_size=64, desc="probe")
     try:
         outs = engine.generate(texts)
     finally:
@@ -69,20 +69,16 @@ def main() -> int:
 
     print(f"\n{a.teacher} on the first {a.n} {a.dataset} training questions; words per CoT (answer line included)")
     best: tuple[float, str] | None = None
-    for i, (lvl, instruction, label) in enumerate(variants):
-        rows = []
-        for ex, g in zip(examples, outs[i * a.n:(i + 1) * a.n]):
-            cot = teachers.cut_after_answer(g.text.strip())
-            rows.append((len(cot.split()), teachers.grade(cot, ex.answer, ex.answer_type, ex.choices)))
-        words = [w for w, _ in rows]
-        half = 1.96 * statistics.stdev(words) / len(words) ** 0.5 if len(words) > 1 else float("nan")
+    for i, ((lvl, instruction, label), cfg) in enumerate(zip(variants, cfgs)):
+        # the generate stage's own row (cut after the answer line, graded), as the calibration counts it
+        rows = [teachers._row(ex, {"cot": g.text, "new_tokens": g.new_tokens, "hit_limit": g.hit_limit}, cfg)
+                for ex, g in zip(examples, outs[i * a.n:(i + 1) * a.n])]
+        mean, half, correct, answer_line = summarize(rows)
         target = prompts.target_words(a.dataset, lvl)
-        print(f"  L{lvl} {label:10s} {statistics.fmean(words):6.1f} ± {half:4.1f} words (asked {target}), teacher correct "
-              f"{sum(g.correct for _, g in rows)}/{len(rows)}, answer line {sum(g.format_followed for _, g in rows)}/{len(rows)}"
-              f"  | {instruction}")
-        off = abs(statistics.fmean(words) - target)
-        if label != "current" and (best is None or off < best[0]):
-            best = (off, f"L{lvl} {label}")
+        print(f"  L{lvl} {label:10s} {mean:6.1f} ± {half:4.1f} words (asked {target}), teacher correct {correct:4.0%}, "
+              f"answer line {answer_line:4.0%}  | {instruction}")
+        if label != "current" and (best is None or abs(mean - target) < best[0]):
+            best = (abs(mean - target), f"L{lvl} {label}")
     print(f"closest to its target: {best[1]} ({best[0]:.1f} words off)")
     return 0
 
