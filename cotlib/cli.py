@@ -43,11 +43,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         runner.preflight(g, dry_run=True, check_devices=args.executor != "ray" or args.ray_address is None)
         states = runner.status(g)
-        by_stage = Counter((s.cell.stage, s.state == "done") for s in states)
+        by_stage = Counter((s.cell.stage, s.state in ("done", "unneeded")) for s in states)
         for stage in STAGES:
             total = by_stage[(stage, True)] + by_stage[(stage, False)]
             if total:
-                print(f"{stage:9s} {total:4d} cells, {by_stage[(stage, True)]} done, {by_stage[(stage, False)]} to run")
+                print(f"{stage:9s} {total:4d} cells, {by_stage[(stage, True)]} done or not needed, "
+                      f"{by_stage[(stage, False)]} to run")
         print(format_estimate(runner.estimate(g, states)))
         print(f"outputs: {g.output_root}")
         return 0
@@ -75,6 +76,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_results(args: argparse.Namespace) -> int:
     g = load_grid(args.grid)
+    if args.restore:
+        from pathlib import Path
+
+        from .export import restore
+
+        done = restore(g, Path(args.restore))
+        print(f"restored {len(done['restored'])} evaluate cells from {args.restore} into {g.output_root}"
+              + (f"; {len(done['kept'])} were done here already and are kept" if done["kept"] else "")
+              + f"\n`cotlib run {args.grid}` goes on with the rest (training whose evaluations are done is skipped)")
+        return 0
     if args.export:
         from pathlib import Path
 
@@ -168,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     q = sub.add_parser("results", help="collect finished evaluate cells into results.csv/.parquet")
     q.add_argument("grid")
     q.add_argument("--export", metavar="DIR", help="also write the small files to commit: tables, figures, grid, code version")
+    q.add_argument("--restore", metavar="DIR", help="on a new machine: rebuild the finished evaluate cells of an export "
+                   "in outputs/, so `cotlib run` does not train and evaluate them again")
     q.set_defaults(func=_cmd_results)
     f = sub.add_parser("figures", help="draw every figure again from an exported results folder")
     f.add_argument("folder")

@@ -4,23 +4,32 @@ again from those files alone (`cotlib figures DIR`), so a newcomer needs neither
 DIR holds: results.csv (a row per evaluate cell), correct.csv (each question's grade per cell, for the
 paired tests), supervision.csv (the generate cells' teacher accuracy and CoT length), paired.csv, the
 figures, grid/ (the grid file and its `extends` chain, byte for byte, and the merged grid), code.json
-(the code versions and grader that produced the cells) and outputs.jsonl.gz (every evaluated output,
-so the results can be re-graded without generating again).
+(the code versions and grader that produced the cells), outputs.jsonl.gz (every evaluated output with
+its grade, so the results can be re-graded without generating again) and cells.json (each evaluate
+cell's config hash, metrics and provenance).
+
+`restore` is the way back (`cotlib results GRID --restore DIR`): on a new machine it rebuilds the finished
+evaluate cells of an export in outputs/, so `cotlib run` goes on with the cells still to run instead of
+training and evaluating those again (the runner skips a training cell whose evaluations are all done).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import io
 import json
+import math
 import shutil
+import statistics
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
 
 from . import cells, results, runner
-from .expansion import Grid, read_with_extends
+from .expansion import Cell, Grid, GridError, read_with_extends
 from .files import atomic_write_json, iter_jsonl, read_json
 
 
@@ -50,6 +59,8 @@ def _code_versions(grid: Grid) -> dict:
             continue
         git = prov.get("git") or {}
         key = f"{git.get('sha')}{' (dirty)' if git.get('dirty') else ''}"
+        if "restored" in prov and not git.get("sha"):
+            key = "not recorded (restored from an export made before cells.json; see its code.json)"
         shas[key] = shas.get(key, 0) + 1
         regraded += bool(prov.get("regrades"))
     return {"cells_by_code_version": shas, "evaluate_cells_regraded": regraded, "grader_now": grader_version()}
@@ -79,16 +90,33 @@ def export(grid: Grid, out: Path, formats: tuple[str, ...] = ("png",)) -> list[P
     (grid_dir / "merged.yaml").write_text(yaml.safe_dump(read_with_extends(grid.path), sort_keys=False))
     written.append(grid_dir / "merged.yaml")
     written.append(atomic_write_json(out / "code.json", _code_versions(grid)))
+    finished = [d for d in eval_dirs if cells.read_metrics(d)]
+    written.append(atomic_write_json(out / CELLS, {f"{d.parent.name}/{d.name}": _cell_record(d) for d in finished}))
     # mtime=0: the same records give the same bytes, so a re-export leaves git with nothing to commit
-    with open(out / "outputs.jsonl.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
+    with open(out / OUTPUTS, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
             io.TextIOWrapper(gz, encoding="utf-8") as fh:
-        for d in eval_dirs:
-            if cells.read_metrics(d) and (d / "records.jsonl").exists():  # results.collect warned of one without
-                for r in iter_jsonl(d / "records.jsonl"):
-                    fh.write(json.dumps({"cell": f"{d.parent.name}/{d.name}", **{k: r.get(k) for k in (
-                        "id", "output", "gold", "answer_type", "choices", "extracted", "correct", "new_tokens")}}) + "\n")
-    written.append(out / "outputs.jsonl.gz")
+        for d in finished:
+            if (d / "records.jsonl").exists():  # results.collect warned of one without
+                for r in iter_jsonl(d / "records.jsonl"):  # all but the prompt, which the template rebuilds
+                    fh.write(json.dumps({"cell": f"{d.parent.name}/{d.name}",
+                                         **{k: v for k, v in r.items() if k != "prompt"}}) + "\n")
+    written.append(out / OUTPUTS)
     return written
+
+
+CELLS, OUTPUTS = "cells.json", "outputs.jsonl.gz"
+
+
+def _cell_record(cell_dir: Path) -> dict[str, Any]:
+    """What `restore` needs beside the records: the cell's metrics (with its training figures, whose sft
+    cell a new machine does not have) and provenance."""
+    metrics = cells.read_metrics(cell_dir) or {}
+    try:
+        prov = read_json(cell_dir / "provenance.json")
+    except (FileNotFoundError, ValueError):
+        prov = {}
+    return {"config_hash": metrics.get("config_hash"), "metrics": {**metrics, **results.trained_from(cell_dir)},
+            "provenance": prov}
 
 
 def figures_from(folder: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
@@ -102,3 +130,116 @@ def figures_from(folder: Path, formats: tuple[str, ...] = ("png",)) -> list[Path
     generated = (pd.read_csv(folder / "supervision.csv", dtype={"teacher": object, "format": object}).astype({"level": "Int64"})
                  if (folder / "supervision.csv").stat().st_size > 1 else None)
     return draw_all(table, folder, list(formats), correct, generated)
+
+
+def _outputs_by_cell(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    path = folder / OUTPUTS
+    if path.exists():
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            for line in fh:
+                r = json.loads(line)
+                out.setdefault(r.pop("cell"), []).append(r)
+    return out
+
+
+def _complete_records(cell: Cell, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Records of an export made before they carried every grade field: the missing fields (strict grade,
+    answer found, answer line followed, stopped by the limit) are read off the output again with the
+    current grader; the stored grade (`extracted`, `correct`) is kept. Returns how many outputs the current
+    grader grades differently from the stored grade (0: the restored cell is what was exported)."""
+    from .grading import grade
+
+    differ = 0
+    limit = cell.config.decoding.max_new_tokens
+    for r in records:
+        if all(k in r for k in ("strict_correct", "answer_found", "format_followed", "hit_limit")):
+            continue
+        g = grade(r["output"], r["gold"], r["answer_type"], r.get("choices")).as_dict()
+        differ += g["correct"] != r["correct"] or g["extracted"] != r["extracted"]
+        r.update({k: v for k, v in g.items() if k not in ("extracted", "correct")})
+        r.setdefault("hit_limit", r["new_tokens"] >= limit)  # generation.finish: a cut output has the limit's length
+    return records, differ
+
+
+def _metrics_from_row(cell: Cell, row: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """An evaluate cell's metrics rebuilt from its results.csv row and its records (an export made before
+    cells.json): the row's figures as exported, the length statistics again from the records."""
+    from .regrade import scores
+
+    lengths = sorted(r["new_tokens"] for r in records)
+    keep = ("n", "accuracy", "ci95_low", "ci95_high", "strict_accuracy", "answer_found", "format_followed",
+            "mean_output_tokens", "hit_limit", "backend", "weights", "train_loss", "train_tokens", "train_seconds")
+    return {**scores(records), **{k: row[k] for k in keep if k in row and not _missing(row[k])},
+            "median_output_tokens": statistics.median(lengths), "p90_output_tokens": lengths[math.ceil(0.9 * len(lengths)) - 1],
+            "max_output_tokens": lengths[-1], "decoding": cell.config.decoding.as_dict(),
+            "lineage": {"student": cell.config.student, "dataset": cell.config.dataset,
+                        "method": "base" if row.get("weights") == "base" else None, **cell.lineage}}
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def restore(grid: Grid, folder: Path) -> dict[str, list[str]]:
+    """Rebuild in outputs/ the evaluate cells an export holds and this machine lacks: config, records,
+    metrics (with the training figures of the sft cell that is not here) and provenance, which says where
+    the cell came from. A cell must match the grid's cell of that name in config hash; one already done
+    here is left as it is. Returns the cells `restored` and `kept` (done here already)."""
+    if not (folder / "results.csv").exists():
+        raise GridError(f"{folder} holds no results.csv: restore from a folder that `cotlib results GRID --export` wrote")
+    rows = {r["cell"]: r for r in pd.read_csv(folder / "results.csv").to_dict("records")}
+    saved = read_json(folder / CELLS) if (folder / CELLS).exists() else {}
+    outputs = _outputs_by_cell(folder)
+    code = read_json(folder / "code.json") if (folder / "code.json").exists() else {}
+    by_name = {c.name: c for c in grid.cells}
+    strangers = sorted(n for n in rows if n not in by_name)
+    if strangers:
+        raise GridError(f"{folder}: {len(strangers)} exported cells are not cells of {grid.path} (another grid, or "
+                        f"one whose settings changed since the export): {', '.join(strangers[:3])}")
+    for name, rec in saved.items():
+        if name in by_name and rec.get("config_hash") != by_name[name].config_hash:
+            raise GridError(f"{folder}: {name} was exported with config hash {rec.get('config_hash')}, the grid's "
+                            f"cell has {by_name[name].config_hash}: the grid changed since the export")
+    missing = sorted(n for n in rows if n not in outputs and n not in saved)  # metrics rebuilt from outputs need them
+    if missing:
+        raise GridError(f"{folder}: no outputs for {', '.join(missing)} in {OUTPUTS}: export again from a machine that has them")
+    done: dict[str, list[str]] = {"restored": [], "kept": []}
+    for name in rows:
+        cell = by_name[name]
+        d = grid.cell_dir(cell)
+        if cells.is_done(d, cell.stage, cell.config):
+            done["kept"].append(name)
+            continue
+        _write_restored(cell, d, folder, rows[name], saved.get(name), outputs.get(name, []), code)
+        done["restored"].append(name)
+    return done
+
+
+def _write_restored(cell: Cell, d: Path, folder: Path, row: dict[str, Any], saved: dict[str, Any] | None,
+                    records: list[dict[str, Any]], code: dict[str, Any]) -> None:
+    from .files import write_jsonl
+
+    records, differ = _complete_records(cell, records)
+    if saved:
+        metrics, prov = dict(saved["metrics"]), dict(saved.get("provenance") or {})
+    else:
+        metrics, prov = _metrics_from_row(cell, row, records), {"stage": cell.stage, "config_hash": cell.config_hash}
+    # what it read when it ran (the trained student's folder) is not on this machine: kept, but not as an
+    # input to fingerprint, or the cell would show as stale at once
+    prov["inputs_when_run"] = prov.pop("inputs", {})
+    prov["inputs"] = {}
+    prov["restored"] = {"from": str(folder), "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                        "export_format": "cells.json" if saved else "results.csv and outputs (before cells.json)",
+                        "outputs_graded_differently_now": differ, "export_code": code}
+    if d.exists():  # a failed or unfinished attempt of this cell: set aside, not deleted
+        aside = d.with_name(d.name + ".before-restore")
+        shutil.rmtree(aside, ignore_errors=True)
+        d.rename(aside)
+    d.mkdir(parents=True)
+    cells.write_config(d, cell.stage, cell.config)
+    if records:  # a cell scored without per-question records was exported without them
+        write_jsonl(d / "records.jsonl", records)
+    atomic_write_json(d / "provenance.json", prov)
+    atomic_write_json(d / cells.METRICS, {**metrics, "stage": cell.stage, "config_hash": cell.config_hash,
+                                          "restored": prov["restored"]["from"]})  # last: its presence means done

@@ -17,7 +17,7 @@ from typing import Any
 from . import cells
 from .environment import ensure_kernel
 from .expansion import Cell, Grid
-from .runner import CellState, attempt, blocked_reason, preflight, state_of
+from .runner import UNNEEDED, CellState, attempt, blocked_reason, is_unneeded, preflight, readers, state_of
 from .stages import STAGES
 
 
@@ -63,6 +63,7 @@ def _run(grid: Grid, ray, address: str | None, gpus: dict[str, float] | None, lo
         cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
         task = ray.remote(_run_cell)
         refs: dict[str, Any] = {}
+        read_by = readers(grid)
         for cell in grid.cells:  # grid.cells is in dependency order
             st = state_of(grid, cell)
             if st.state == "stale":
@@ -70,6 +71,10 @@ def _run(grid: Grid, ray, address: str | None, gpus: dict[str, float] | None, lo
             if st.state == "done":
                 refs[cell.name] = ray.put({"cell": cell.name, "state": "done"})
                 log(f"{cell.name}: done, skipped")
+                continue
+            if is_unneeded(cell, read_by[cell.name], lambda r: state_of(grid, r).state):
+                refs[cell.name] = ray.put({"cell": cell.name, "state": "unneeded", "detail": UNNEEDED})
+                log(f"{cell.name}: not needed, skipped")
                 continue
             opts = {"num_gpus": gpus_for(cell, per_stage, cluster_gpus), "num_cpus": 1,
                     "max_retries": max_retries, "retry_exceptions": False, "name": cell.name}

@@ -33,16 +33,19 @@ def supervision_label(lineage: dict[str, Any]) -> str:
     return f"{teacher} L{lineage['level']}" + ("" if fmt == "cot" else f" {fmt}")
 
 
-def _trained_from(eval_dir: Path) -> dict[str, Any]:
+def trained_from(eval_dir: Path) -> dict[str, Any]:
     """The training side of an evaluated student: its sft cell's loss, tokens and seconds (the evaluate
-    cell's provenance names the weights it read)."""
+    cell's provenance names the weights it read). Empty where that cell is not at hand (an evaluation
+    restored from an export carries these figures in its own metrics)."""
     try:
         student = read_json(eval_dir / "provenance.json").get("inputs", {}).get("student")
     except (FileNotFoundError, ValueError):
         return {}
     if not student:
         return {}
-    m = cells.read_metrics(Path(student["path"]).parent) or {}
+    m = cells.read_metrics(Path(student["path"]).parent)
+    if not m:
+        return {}
     return {"train_loss": m.get("train_loss"), "train_tokens": m.get("train_tokens"), "train_seconds": m.get("train_seconds")}
 
 
@@ -55,7 +58,7 @@ def collect(cell_dirs: list[str | Path]) -> pd.DataFrame:
             continue
         lineage = m.get("lineage", {})
         rows.append({"cell": f"{d.parent.name}/{d.name}", **lineage, "supervision": supervision_label(lineage),
-                     **{k: m.get(k) for k in COLUMNS if k in m}, **_trained_from(d)})
+                     **{k: m.get(k) for k in COLUMNS if k in m}, **trained_from(d)})
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.astype({"level": "Int64", "n": "Int64", "hit_limit": "Int64", "train_tokens": "Int64"})
 

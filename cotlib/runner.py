@@ -32,7 +32,7 @@ FINAL_BAD = ("failed", "blocked", "incomplete")
 @dataclass
 class CellState:
     cell: Cell
-    state: str  # done | failed | pending | blocked | stale | incomplete
+    state: str  # done | failed | pending | blocked | stale | incomplete | unneeded
     detail: str = ""
 
 
@@ -64,16 +64,38 @@ def state_of(grid: Grid, cell: Cell) -> CellState:
     return CellState(cell, "pending")
 
 
-def status(grid: Grid) -> list[CellState]:
-    """Each cell's state; a pending cell whose (hard) upstream failed, is blocked or incomplete shows as blocked."""
-    states: dict[str, CellState] = {}
+UNNEEDED = "every cell that reads it is done (e.g. restored from an export), so it need not run"
+
+
+def readers(grid: Grid) -> dict[str, list[Cell]]:
+    """Each cell's downstream cells that cannot run without it (soft readers, the figures, can)."""
+    out: dict[str, list[Cell]] = {c.name: [] for c in grid.cells}
     for c in grid.cells:
-        st = state_of(grid, c)
-        if st.state == "pending" and not c.soft_deps:
+        if not c.soft_deps:
+            for d in c.deps:
+                out[d].append(c)
+    return out
+
+
+def is_unneeded(cell: Cell, its_readers: list[Cell], state: Callable[[Cell], str]) -> bool:
+    """An unfinished cell of an intermediate stage (training) whose readers are all done without it."""
+    return (STAGES[cell.stage].intermediate and bool(its_readers)
+            and all(state(r) == "done" for r in its_readers))
+
+
+def status(grid: Grid) -> list[CellState]:
+    """Each cell's state; a pending cell whose (hard) upstream failed, is blocked or incomplete shows as blocked;
+    an unfinished training cell whose evaluations are all done shows as unneeded."""
+    states: dict[str, CellState] = {c.name: state_of(grid, c) for c in grid.cells}
+    read_by = readers(grid)
+    for c in grid.cells:
+        st = states[c.name]
+        if st.state != "done" and is_unneeded(c, read_by[c.name], lambda r: states[r.name].state):
+            states[c.name] = CellState(c, "unneeded", UNNEEDED)
+        elif st.state == "pending" and not c.soft_deps:
             bad = [d for d in c.deps if states[d].state in FINAL_BAD]
             if bad:
-                st = CellState(c, "blocked", f"upstream not done: {', '.join(bad)}")
-        states[c.name] = st
+                states[c.name] = CellState(c, "blocked", f"upstream not done: {', '.join(bad)}")
     return list(states.values())
 
 
@@ -201,6 +223,7 @@ def run(grid: Grid, *, log: Callable[[str], None] = print, execute: Callable[[Gr
 def _run_locked(grid: Grid, log: Callable[[str], None], execute: Callable[[Grid, Cell], None]) -> list[CellState]:
     final: dict[str, CellState] = {}
     order = {c.name: i for i, c in enumerate(grid.cells)}
+    read_by = readers(grid)
     todo = list(grid.cells)
     bar = tqdm(total=len(todo), desc=f"grid {grid.name}", unit="cell", file=sys.stderr, dynamic_ncols=True)
     n = 0
@@ -215,6 +238,11 @@ def _run_locked(grid: Grid, log: Callable[[str], None], execute: Callable[[Grid,
         if st.state == "done":
             final[cell.name] = st
             bar.write(f"{prefix}: done, skipped")
+            bar.update()
+            continue
+        if is_unneeded(cell, read_by[cell.name], lambda r: state_of(grid, r).state):
+            final[cell.name] = CellState(cell, "unneeded", UNNEEDED)
+            bar.write(f"{prefix}: not needed, skipped ({UNNEEDED})")
             bar.update()
             continue
         reason = blocked_reason(cell, {d: final[d].state for d in cell.deps})
@@ -249,7 +277,7 @@ def estimate(grid: Grid, states: list[CellState] | None = None) -> dict[str, dic
     states = states or status(grid)
     out: dict[str, dict] = {}
     for stage, spec in STAGES.items():
-        todo = [s for s in states if s.cell.stage == stage and s.state != "done"]
+        todo = [s for s in states if s.cell.stage == stage and s.state not in ("done", "unneeded")]
         if not todo:
             continue
         done = [s for s in states if s.cell.stage == stage and s.state == "done"]

@@ -55,6 +55,9 @@ class Stage:
     one_cell: bool = False  # a single cell per grid, named by the stage alone
     default_gpus: float = 0.0  # the executor's default GPU share for a cell of this stage
     scored: bool = False  # its cells are the rows of the grid's results table
+    # its output is only read by the cells downstream (trained weights): a cell that every reader of it has
+    # done without it (evaluations restored from an export) is not run
+    intermediate: bool = False
 
     def run_function(self) -> Callable[[Any, Context], dict[str, Any]]:
         module, fn = self.run.split(":")
@@ -252,7 +255,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           requirements=_generate_requirements, gpus=_generate_gpus, input_files=_generate_files,
           incomplete=_generate_incomplete, default_gpus=1.0),
     Stage("sft", SftConfig, "02_sft.ipynb", "cotlib.train:run_sft", _expand_sft, requirements=_sft_requirements,
-          check_inputs=_sft_inputs,
+          check_inputs=_sft_inputs, intermediate=True,
           gpus=lambda cfg, per_stage: cfg.num_gpus * per_stage, input_files=_sft_files, default_gpus=1.0),
     Stage("evaluate", EvaluateConfig, "03_evaluate.ipynb", "cotlib.evaluate:run_evaluate", _expand_evaluate,
           requirements=_evaluate_requirements, input_files=_evaluate_files, check_inputs=_evaluate_inputs,

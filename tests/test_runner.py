@@ -19,6 +19,8 @@ from nbformat.v4 import new_code_cell, new_notebook
 from cotlib import runner
 from cotlib.expansion import load_grid
 
+from tests.conftest import needs_shared_data
+
 pytestmark = pytest.mark.slow
 
 _BODY = {
@@ -43,6 +45,11 @@ _BODY = {
         "open(os.environ['RUN_LOG'], 'a').write(cell_dir + '\\n')\n"
         "lin = lineage  # handed in by the runner\n"
         "acc = 0.1 * (lin['level'] or 0)\n"
+        "import json\n"
+        "recs = [{'id': f'q{i}', 'output': f'The answer is {i}', 'gold': str(i % 2), 'answer_type': 'number', 'choices': None,\n"
+        "         'extracted': str(i), 'correct': i % 2 == 0, 'strict_correct': i % 2 == 0, 'answer_found': True,\n"
+        "         'format_followed': True, 'new_tokens': 5, 'hit_limit': False} for i in range(lin['level'] or 1)]\n"
+        "open(f'{cell_dir}/records.jsonl', 'w').write(''.join(json.dumps(r) + '\\n' for r in recs))\n"
         "cells.finish(cell_dir, 'evaluate', cfg, {'n': 10, 'accuracy': acc, 'ci95_low': acc, 'ci95_high': acc, 'lineage': lin})\n"
     ),
 }
@@ -205,3 +212,85 @@ def test_export_attributes_only_finished_cells_and_figures_redraw_from_it(stub_g
     r = subprocess.run([*cli, "figures", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (out / "accuracy_vs_level.png").stat().st_size > 10_000
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cotlib.cli", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_a_new_machine_restores_finished_evaluations_from_an_export_and_runs_only_the_rest(stub_grid, tmp_project):
+    """What a fresh clone does with a committed export: `cotlib results --restore` rebuilds the exported evaluations,
+    `cotlib status` shows their training as not needed, and `cotlib run` trains and evaluates only what the export
+    lacks; a second export gives the restored rows back as they were."""
+    import shutil
+
+    g = load_grid(stub_grid)
+    assert all(s.state == "done" for s in runner.run(g, log=lambda _: None))
+    by = {(c.stage, c.lineage.get("level")): c for c in g.cells}
+    (g.output_root / by["evaluate", 3].name / "metrics.json").unlink()  # level 3 not evaluated on the old machine
+    first = tmp_project / "docs" / "first"
+    assert _cli("results", str(stub_grid), "--export", str(first)).returncode == 0
+    shutil.rmtree(g.output_root)  # a new machine: nothing in outputs/
+    (tmp_project / "runs.log").unlink()
+
+    r = _cli("results", str(stub_grid), "--restore", str(first))
+    assert r.returncode == 0 and "restored 3 evaluate cells" in r.stdout, r.stdout + r.stderr  # levels 1, 2 and base
+    state = {s["cell"]: s["state"] for s in json.loads(_cli("status", str(stub_grid), "--json").stdout)}
+    assert [state[by["evaluate", k].name] for k in (1, 2, 3)] == ["done", "done", "pending"]
+    assert [state[by["sft", k].name] for k in (1, 2, 3)] == ["unneeded", "unneeded", "pending"]
+    prov = json.loads((g.output_root / by["evaluate", 1].name / "provenance.json").read_text())
+    assert prov["restored"]["from"] == str(first) and prov["inputs"] == {}  # nothing here to fingerprint
+
+    r = _cli("run", str(stub_grid))
+    assert r.returncode == 0, r.stdout + r.stderr
+    ran = {Path(p).relative_to(g.output_root).as_posix() for p in _runs(tmp_project)}
+    assert ran == {*(by["generate", k].name for k in (1, 2, 3)), by["sft", 3].name, by["evaluate", 3].name}
+
+    second = tmp_project / "docs" / "second"
+    assert _cli("results", str(stub_grid), "--export", str(second)).returncode == 0
+    import pandas as pd
+
+    before, after = (pd.read_csv(f / "results.csv").set_index("cell") for f in (first, second))
+    pd.testing.assert_frame_equal(after.loc[before.index], before)
+    assert len(after) == 4
+    c1, c2 = (pd.read_csv(f / "correct.csv", index_col="question") for f in (first, second))
+    pd.testing.assert_frame_equal(c2[c1.columns].dropna(how="all"), c1.dropna(how="all"), check_dtype=False)
+
+
+def test_restore_refuses_an_export_of_cells_the_grid_does_not_have(stub_grid, tmp_project):
+    g = load_grid(stub_grid)
+    assert all(s.state == "done" for s in runner.run(g, log=lambda _: None))
+    out = tmp_project / "docs" / "results"
+    assert _cli("results", str(stub_grid), "--export", str(out)).returncode == 0
+    changed = yaml.safe_load(stub_grid.read_text())
+    changed["evaluate"]["n_examples"] = 3  # the grid changed since the export: other cells
+    stub_grid.write_text(yaml.safe_dump(changed))
+    r = _cli("results", str(stub_grid), "--restore", str(out))
+    assert r.returncode == 2 and "exported cells are not cells of" in r.stderr and "evaluate/" in r.stderr, r.stderr
+    assert not any((load_grid(stub_grid).output_root / "evaluate").glob("*n3*"))
+
+
+@needs_shared_data
+def test_the_committed_study_export_restores_into_the_study_grid(tmp_project, project_root):
+    """The committed SVAMP results (exported before cells.json existed) rebuild the study's finished evaluations on a
+    new machine, and exporting them again gives the committed table and grades back."""
+    import shutil
+
+    import pandas as pd
+
+    committed = project_root / "docs" / "results" / "svamp"
+    study = tmp_project / "params" / "study"
+    shutil.copytree(project_root / "params" / "study", study)
+    r = _cli("results", str(study / "svamp.yaml"), "--restore", str(committed), cwd=tmp_project)
+    n = len(pd.read_csv(committed / "results.csv"))
+    assert r.returncode == 0 and f"restored {n} evaluate cells" in r.stdout, r.stdout + r.stderr
+    states = json.loads(_cli("status", str(study / "svamp.yaml"), "--json", cwd=tmp_project).stdout)
+    evaluated = [s for s in states if s["stage"] == "evaluate" and s["state"] == "done"]
+    assert len(evaluated) == n
+    trained = [s for s in states if s["stage"] == "sft" and s["state"] != "pending"]
+    assert trained and all(s["state"] == "unneeded" for s in trained)
+    again = tmp_project / "again"
+    r = _cli("results", str(study / "svamp.yaml"), "--export", str(again), cwd=tmp_project)
+    assert r.returncode == 0, r.stdout + r.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(again / "results.csv"), pd.read_csv(committed / "results.csv"))
+    assert (again / "correct.csv").read_text() == (committed / "correct.csv").read_text()
