@@ -43,12 +43,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         runner.preflight(g, dry_run=True, check_devices=args.executor != "ray" or args.ray_address is None)
         states = runner.status(g)
-        by_stage = Counter((s.cell.stage, s.state in ("done", "unneeded")) for s in states)
+        by_stage = Counter((s.cell.stage, s.state if s.state in ("done", "unneeded") else "to run") for s in states)
         for stage in STAGES:
-            total = by_stage[(stage, True)] + by_stage[(stage, False)]
-            if total:
-                print(f"{stage:9s} {total:4d} cells, {by_stage[(stage, True)]} done or not needed, "
-                      f"{by_stage[(stage, False)]} to run")
+            n = {k: by_stage[(stage, k)] for k in ("done", "unneeded", "to run")}
+            if sum(n.values()):
+                skip = f", {n['unneeded']} not needed" if n["unneeded"] else ""
+                print(f"{stage:9s} {sum(n.values()):4d} cells, {n['done']} done{skip}, {n['to run']} to run")
         print(format_estimate(runner.estimate(g, states)))
         print(f"outputs: {g.output_root}")
         return 0

@@ -162,6 +162,24 @@ def _complete_records(cell: Cell, records: list[dict[str, Any]]) -> tuple[list[d
     return records, differ
 
 
+def _add_prompts(cell: Cell, records: list[dict[str, Any]]) -> str:
+    """Each record's prompt, which the export leaves out (it is the student's template around the question):
+    rendered again from the test set with the template of this code. Says how it went, for provenance."""
+    from . import data, prompts
+
+    cfg = cell.config
+    try:
+        questions = {ex.id: ex.question for ex in data.load_examples(cfg.dataset, cfg.split, cfg.n_examples,
+                                                                     source=cfg.source, subjects=cfg.subjects)}
+    except Exception as err:  # the test set not at hand: the records stay without prompts, and say so
+        return f"not rebuilt ({type(err).__name__}: {err})"
+    template = prompts.template_for(cfg.student)
+    for r in records:
+        if r["id"] in questions:
+            r.setdefault("prompt", template.render(questions[r["id"]]))
+    return "rebuilt from the test set with this code's template"
+
+
 def _metrics_from_row(cell: Cell, row: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
     """An evaluate cell's metrics rebuilt from its results.csv row and its records (an export made before
     cells.json): the row's figures as exported, the length statistics again from the records."""
@@ -239,6 +257,7 @@ def _write_restored(cell: Cell, d: Path, folder: Path, row: dict[str, Any], save
     d.mkdir(parents=True)
     cells.write_config(d, cell.stage, cell.config)
     if records:  # a cell scored without per-question records was exported without them
+        prov["restored"]["prompts"] = _add_prompts(cell, records)
         write_jsonl(d / "records.jsonl", records)
     atomic_write_json(d / "provenance.json", prov)
     atomic_write_json(d / cells.METRICS, {**metrics, "stage": cell.stage, "config_hash": cell.config_hash,

@@ -287,6 +287,10 @@ def test_the_committed_study_export_restores_into_the_study_grid(tmp_project, pr
     states = json.loads(_cli("status", str(study / "svamp.yaml"), "--json", cwd=tmp_project).stdout)
     evaluated = [s for s in states if s["stage"] == "evaluate" and s["state"] == "done"]
     assert len(evaluated) == n
+    cell = tmp_project / "outputs" / "study-svamp" / evaluated[0]["cell"]
+    records = [json.loads(x) for x in (cell / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 300 and all(r["prompt"] and r["output"] for r in records)  # the prompt, rebuilt
+    assert "rebuilt" in json.loads((cell / "provenance.json").read_text())["restored"]["prompts"]
     trained = [s for s in states if s["stage"] == "sft" and s["state"] != "pending"]
     assert trained and all(s["state"] == "unneeded" for s in trained)
     again = tmp_project / "again"
