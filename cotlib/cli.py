@@ -63,7 +63,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if unfinished:
         print("\nnot finished:\n" + "\n".join(f"  {s.cell.name}: {s.state}: {s.detail}" for s in unfinished), file=sys.stderr)
         return 1
-    print(f"\nall {len(states)} cells done; outputs in {g.output_root}")
+    unneeded = sum(s.state == "unneeded" for s in states)
+    done = f"{len(states) - unneeded} cells done, {unneeded} not needed" if unneeded else f"all {len(states)} cells done"
+    print(f"\n{done}; outputs in {g.output_root}")
     return 0
 
 
@@ -76,6 +78,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_results(args: argparse.Namespace) -> int:
     g = load_grid(args.grid)
+    if args.restore and args.export:
+        print("error: --restore and --export go one way each: restore first, run, then export", file=sys.stderr)
+        return 2
     if args.restore:
         from pathlib import Path
 
@@ -125,6 +130,11 @@ def _cmd_regrade(args: argparse.Namespace) -> int:
 
     g = load_grid(args.grid)
     done = [d for d in runner.scored_dirs(g) if cells.read_metrics(d)]
+    unrecorded = [d for d in done if not (d / "records.jsonl").exists()]
+    for d in unrecorded:
+        print(f"{d.parent.name}/{d.name}: no records.jsonl (scored without per-question records): not re-graded",
+              file=sys.stderr)
+    done = [d for d in done if d not in unrecorded]
     if not done:
         print(f"no finished evaluate cells under {g.output_root}", file=sys.stderr)
         return 1

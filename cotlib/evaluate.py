@@ -39,6 +39,13 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def length_stats(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Output length in new tokens: mean, median, 90th percentile and longest."""
+    lengths = sorted(r["new_tokens"] for r in records)
+    return {"mean_output_tokens": statistics.fmean(lengths), "median_output_tokens": statistics.median(lengths),
+            "p90_output_tokens": lengths[math.ceil(0.9 * len(lengths)) - 1], "max_output_tokens": lengths[-1]}
+
+
 def requirements(cfg: EvaluateConfig) -> list[Requirement]:
     from . import vllm_backend
 
@@ -124,12 +131,8 @@ def run_evaluate(cfg: EvaluateConfig, ctx: Context) -> dict[str, Any]:
                 **grade(g.text, ex.answer, ex.answer_type, ex.choices).as_dict()}
                for ex, prompt, g in zip(examples, prompts_, gens)]
     write_jsonl(ctx.dir / "records.jsonl", records)
-    lengths = [r["new_tokens"] for r in records]
-    n = len(records)
     return {
-        **regrade.scores(records),
-        "mean_output_tokens": statistics.fmean(lengths), "median_output_tokens": statistics.median(lengths),
-        "p90_output_tokens": sorted(lengths)[math.ceil(0.9 * n) - 1], "max_output_tokens": max(lengths),
+        **regrade.scores(records), **length_stats(records),
         "hit_limit": sum(r["hit_limit"] for r in records),
         "decoding": {**cfg.decoding.as_dict(), "stop": stop or tok.eos_token},
         "backend": engine, "weights": weights.kind, "generation_seconds": seconds,

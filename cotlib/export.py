@@ -49,6 +49,7 @@ def _code_versions(grid: Grid) -> dict:
     from .regrade import grader_version
 
     shas: dict[str, int] = {}
+    earlier: dict[str, int] = {}  # as the export restored from counted them (every stage's cells)
     regraded = 0
     for c in grid.cells:
         if not cells.is_done(grid.cell_dir(c), c.stage, c.config):
@@ -59,11 +60,14 @@ def _code_versions(grid: Grid) -> dict:
             continue
         git = prov.get("git") or {}
         key = f"{git.get('sha')}{' (dirty)' if git.get('dirty') else ''}"
-        if "restored" in prov and not git.get("sha"):
-            key = "not recorded (restored from an export made before cells.json; see its code.json)"
+        restored = prov.get("restored") or {}
+        if restored.get("export_format", "").startswith("results.csv"):  # the cell's own version was not exported
+            key = "restored from an export made before cells.json (its code versions: earlier_export_code_versions)"
+            earlier.update((restored.get("export_code") or {}).get("cells_by_code_version") or {})
         shas[key] = shas.get(key, 0) + 1
         regraded += bool(prov.get("regrades"))
-    return {"cells_by_code_version": shas, "evaluate_cells_regraded": regraded, "grader_now": grader_version()}
+    return {"cells_by_code_version": shas, **({"earlier_export_code_versions": earlier} if earlier else {}),
+            "evaluate_cells_regraded": regraded, "grader_now": grader_version()}
 
 
 def export(grid: Grid, out: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
@@ -143,54 +147,55 @@ def _outputs_by_cell(folder: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _complete_records(cell: Cell, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+def _complete_records(records: list[dict[str, Any]], examples: dict[str, Any], limit: int) -> tuple[int, int]:
     """Records of an export made before they carried every grade field: the missing fields (strict grade,
     answer found, answer line followed, stopped by the limit) are read off the output again with the
     current grader; the stored grade (`extracted`, `correct`) is kept. Returns how many outputs the current
-    grader grades differently from the stored grade (0: the restored cell is what was exported)."""
+    grader grades differently from the stored grade (0: the restored cell is what was exported) and how
+    many records were completed."""
     from .grading import grade
 
-    differ = 0
-    limit = cell.config.decoding.max_new_tokens
+    differ = completed = 0
     for r in records:
         if all(k in r for k in ("strict_correct", "answer_found", "format_followed", "hit_limit")):
             continue
-        g = grade(r["output"], r["gold"], r["answer_type"], r.get("choices")).as_dict()
+        ex = examples.get(r["id"])
+        kind = r.get("answer_type") or (ex.answer_type if ex else None)
+        if kind is None:
+            raise GridError(f"record {r['id']!r} has no answer type and its test set is not at hand to tell it")
+        g = grade(r["output"], r["gold"], kind, r.get("choices")).as_dict()
         differ += g["correct"] != r["correct"] or g["extracted"] != r["extracted"]
-        r.update({k: v for k, v in g.items() if k not in ("extracted", "correct")})
+        r.update({k: v for k, v in g.items() if k not in ("extracted", "correct")}, answer_type=kind)
         r.setdefault("hit_limit", r["new_tokens"] >= limit)  # generation.finish: a cut output has the limit's length
-    return records, differ
+        completed += 1
+    return differ, completed
 
 
-def _add_prompts(cell: Cell, records: list[dict[str, Any]]) -> str:
-    """Each record's prompt, which the export leaves out (it is the student's template around the question):
-    rendered again from the test set with the template of this code. Says how it went, for provenance."""
-    from . import data, prompts
+def _add_prompts(cell: Cell, records: list[dict[str, Any]], examples: dict[str, Any]) -> str:
+    """Each record's prompt, which the export leaves out (the student's template around the question),
+    rendered again as `evaluate.run_evaluate` renders it. Says how it went, for provenance."""
+    from . import prompts
 
-    cfg = cell.config
-    try:
-        questions = {ex.id: ex.question for ex in data.load_examples(cfg.dataset, cfg.split, cfg.n_examples,
-                                                                     source=cfg.source, subjects=cfg.subjects)}
-    except Exception as err:  # the test set not at hand: the records stay without prompts, and say so
-        return f"not rebuilt ({type(err).__name__}: {err})"
-    template = prompts.template_for(cfg.student)
+    if not examples:
+        return "not rebuilt (the test set is not at hand)"
+    template = prompts.template_for(cell.config.student)
     for r in records:
-        if r["id"] in questions:
-            r.setdefault("prompt", template.render(questions[r["id"]]))
+        if r["id"] in examples:
+            r.setdefault("prompt", template.render(examples[r["id"]].question))
     return "rebuilt from the test set with this code's template"
 
 
 def _metrics_from_row(cell: Cell, row: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
     """An evaluate cell's metrics rebuilt from its results.csv row and its records (an export made before
-    cells.json): the row's figures as exported, the length statistics again from the records."""
+    cells.json): the row's figures as exported, the length statistics again from the records. What the row
+    does not carry (generation seconds, the stop string, the precision) is left out, not guessed."""
+    from .evaluate import length_stats
     from .regrade import scores
 
-    lengths = sorted(r["new_tokens"] for r in records)
     keep = ("n", "accuracy", "ci95_low", "ci95_high", "strict_accuracy", "answer_found", "format_followed",
             "mean_output_tokens", "hit_limit", "backend", "weights", "train_loss", "train_tokens", "train_seconds")
-    return {**scores(records), **{k: row[k] for k in keep if k in row and not _missing(row[k])},
-            "median_output_tokens": statistics.median(lengths), "p90_output_tokens": lengths[math.ceil(0.9 * len(lengths)) - 1],
-            "max_output_tokens": lengths[-1], "decoding": cell.config.decoding.as_dict(),
+    return {**scores(records), **length_stats(records), **{k: row[k] for k in keep if k in row and not _missing(row[k])},
+            "decoding": cell.config.decoding.as_dict(),
             "lineage": {"student": cell.config.student, "dataset": cell.config.dataset,
                         "method": "base" if row.get("weights") == "base" else None, **cell.lineage}}
 
@@ -202,12 +207,18 @@ def _missing(v: Any) -> bool:
 def restore(grid: Grid, folder: Path) -> dict[str, list[str]]:
     """Rebuild in outputs/ the evaluate cells an export holds and this machine lacks: config, records,
     metrics (with the training figures of the sft cell that is not here) and provenance, which says where
-    the cell came from. A cell must match the grid's cell of that name in config hash; one already done
-    here is left as it is. Returns the cells `restored` and `kept` (done here already)."""
+    the cell came from. A cell is matched by name, which ends in its config hash, so a cell whose settings
+    changed since the export is refused; one already done here is left as it is. Holds the grid's lock, as
+    `cotlib run` does. Returns the cells `restored` and `kept` (done here already)."""
     if not (folder / "results.csv").exists():
         raise GridError(f"{folder} holds no results.csv: restore from a folder that `cotlib results GRID --export` wrote")
     rows = {r["cell"]: r for r in pd.read_csv(folder / "results.csv").to_dict("records")}
     saved = read_json(folder / CELLS) if (folder / CELLS).exists() else {}
+    broken = sorted(n for n, rec in saved.items() if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict)) \
+        if isinstance(saved, dict) else []
+    if not isinstance(saved, dict) or broken:
+        raise GridError(f"{folder / CELLS}: not the export's cell records (damaged at {', '.join(broken[:3]) or 'the top'}): "
+                        f"export again, or restore from a copy of the folder that has it intact")
     outputs = _outputs_by_cell(folder)
     code = read_json(folder / "code.json") if (folder / "code.json").exists() else {}
     by_name = {c.name: c for c in grid.cells}
@@ -215,30 +226,36 @@ def restore(grid: Grid, folder: Path) -> dict[str, list[str]]:
     if strangers:
         raise GridError(f"{folder}: {len(strangers)} exported cells are not cells of {grid.path} (another grid, or "
                         f"one whose settings changed since the export): {', '.join(strangers[:3])}")
-    for name, rec in saved.items():
-        if name in by_name and rec.get("config_hash") != by_name[name].config_hash:
-            raise GridError(f"{folder}: {name} was exported with config hash {rec.get('config_hash')}, the grid's "
-                            f"cell has {by_name[name].config_hash}: the grid changed since the export")
     missing = sorted(n for n in rows if n not in outputs and n not in saved)  # metrics rebuilt from outputs need them
     if missing:
         raise GridError(f"{folder}: no outputs for {', '.join(missing)} in {OUTPUTS}: export again from a machine that has them")
     done: dict[str, list[str]] = {"restored": [], "kept": []}
-    for name in rows:
-        cell = by_name[name]
-        d = grid.cell_dir(cell)
-        if cells.is_done(d, cell.stage, cell.config):
-            done["kept"].append(name)
-            continue
-        _write_restored(cell, d, folder, rows[name], saved.get(name), outputs.get(name, []), code)
-        done["restored"].append(name)
+    with runner.grid_lock(grid):
+        for name in rows:
+            cell = by_name[name]
+            d = grid.cell_dir(cell)
+            if cells.is_done(d, cell.stage, cell.config):
+                done["kept"].append(name)
+                continue
+            _write_restored(cell, d, folder, rows[name], saved.get(name), outputs.get(name, []), code)
+            done["restored"].append(name)
     return done
 
 
 def _write_restored(cell: Cell, d: Path, folder: Path, row: dict[str, Any], saved: dict[str, Any] | None,
                     records: list[dict[str, Any]], code: dict[str, Any]) -> None:
     from .files import write_jsonl
+    from .regrade import examples_of
 
-    records, differ = _complete_records(cell, records)
+    if d.exists():  # a failed or unfinished attempt of this cell: set aside, not deleted
+        d.rename(d.with_name(f"{d.name}.before-restore-{dt.datetime.now():%Y%m%d-%H%M%S}"))
+    d.mkdir(parents=True)
+    cells.write_config(d, cell.stage, cell.config)
+    try:
+        examples = examples_of(d) if records else {}
+    except Exception:  # noqa: BLE001 - the test set not at hand: grades are completed from the records alone
+        examples = {}
+    differ, completed = _complete_records(records, examples, cell.config.decoding.max_new_tokens)
     if saved:
         metrics, prov = dict(saved["metrics"]), dict(saved.get("provenance") or {})
     else:
@@ -249,15 +266,14 @@ def _write_restored(cell: Cell, d: Path, folder: Path, row: dict[str, Any], save
     prov["inputs"] = {}
     prov["restored"] = {"from": str(folder), "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                         "export_format": "cells.json" if saved else "results.csv and outputs (before cells.json)",
-                        "outputs_graded_differently_now": differ, "export_code": code}
-    if d.exists():  # a failed or unfinished attempt of this cell: set aside, not deleted
-        aside = d.with_name(d.name + ".before-restore")
-        shutil.rmtree(aside, ignore_errors=True)
-        d.rename(aside)
-    d.mkdir(parents=True)
-    cells.write_config(d, cell.stage, cell.config)
+                        "records_completed": completed, "outputs_graded_differently_now": differ, "export_code": code}
+    if completed and not _missing(row.get("hit_limit")):
+        counted = sum(bool(r["hit_limit"]) for r in records)
+        prov["restored"]["hit_limit_per_record"] = ("from the output length; matches the exported count"
+                                                    if counted == row["hit_limit"] else
+                                                    f"from the output length: {counted}, the export counted {row['hit_limit']}")
     if records:  # a cell scored without per-question records was exported without them
-        prov["restored"]["prompts"] = _add_prompts(cell, records)
+        prov["restored"]["prompts"] = _add_prompts(cell, records, examples)
         write_jsonl(d / "records.jsonl", records)
     atomic_write_json(d / "provenance.json", prov)
     atomic_write_json(d / cells.METRICS, {**metrics, "stage": cell.stage, "config_hash": cell.config_hash,

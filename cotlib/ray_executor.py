@@ -17,7 +17,8 @@ from typing import Any
 from . import cells
 from .environment import ensure_kernel
 from .expansion import Cell, Grid
-from .runner import UNNEEDED, CellState, attempt, blocked_reason, is_unneeded, preflight, readers, state_of
+from .runner import (UNNEEDED, CellState, attempt, blocked_reason, grid_lock, is_unneeded, preflight, readers,
+                     state_of)
 from .stages import STAGES
 
 
@@ -49,7 +50,7 @@ def run(grid: Grid, *, address: str | None = None, gpus: dict[str, float] | None
 
     preflight(grid, check_devices=address is None)  # a cluster's workers have their own GPUs
     ensure_kernel(grid.kernel)
-    with cells.exclusive(grid.output_root / ".grid.lock", f"grid {grid.name} ({grid.output_root})"):
+    with grid_lock(grid):
         return _run(grid, ray, address, gpus, log, max_retries)
 
 
@@ -66,16 +67,16 @@ def _run(grid: Grid, ray, address: str | None, gpus: dict[str, float] | None, lo
         read_by = readers(grid)
         for cell in grid.cells:  # grid.cells is in dependency order
             st = state_of(grid, cell)
-            if st.state == "stale":
-                cells.unseal(grid.cell_dir(cell))
             if st.state == "done":
                 refs[cell.name] = ray.put({"cell": cell.name, "state": "done"})
                 log(f"{cell.name}: done, skipped")
                 continue
-            if is_unneeded(cell, read_by[cell.name], lambda r: state_of(grid, r).state):
+            if is_unneeded(grid, cell, st.state, read_by[cell.name], lambda r: state_of(grid, r).state):
                 refs[cell.name] = ray.put({"cell": cell.name, "state": "unneeded", "detail": UNNEEDED})
                 log(f"{cell.name}: not needed, skipped")
                 continue
+            if st.state == "stale":
+                cells.unseal(grid.cell_dir(cell))
             opts = {"num_gpus": gpus_for(cell, per_stage, cluster_gpus), "num_cpus": 1,
                     "max_retries": max_retries, "retry_exceptions": False, "name": cell.name}
             refs[cell.name] = task.options(**opts).remote(grid, cell, *(refs[d] for d in cell.deps if d in refs))

@@ -39,8 +39,9 @@ def grader_version() -> dict[str, Any]:
     return {"grading_py_sha256": file_sha256(Path(grading.__file__)), "git": cells._git()["sha"]}
 
 
-def _examples_of(cell_dir: Path) -> dict[str, data.Example]:
-    """The cell's test examples by id, for records written before they carried answer type and choices."""
+def examples_of(cell_dir: Path) -> dict[str, data.Example]:
+    """The cell's test examples by id (from its config.yaml), for records written before they carried answer
+    type and choices, or restored without their prompts."""
     conf = yaml.safe_load((cell_dir / "config.yaml").read_text())
     return {ex.id: ex for ex in data.load_examples(conf["dataset"], conf.get("split", "test"), conf.get("n_examples"),
                                                    source=conf.get("source", "auto"), subjects=conf.get("subjects"))}
@@ -53,7 +54,7 @@ def regrade_cell(cell_dir: str | Path) -> dict[str, Any]:
     if not metrics or metrics.get("stage") != "evaluate":
         raise ValueError(f"{cell_dir} is not a finished evaluate cell")
     records = read_jsonl(cell_dir / "records.jsonl")
-    examples = _examples_of(cell_dir) if any("answer_type" not in r for r in records) else {}
+    examples = examples_of(cell_dir) if any("answer_type" not in r for r in records) else {}
     changed = 0
     for r in records:
         ex = examples.get(r["id"])

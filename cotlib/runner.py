@@ -64,7 +64,7 @@ def state_of(grid: Grid, cell: Cell) -> CellState:
     return CellState(cell, "pending")
 
 
-UNNEEDED = "every cell that reads it is done (e.g. restored from an export), so it need not run"
+UNNEEDED = "every cell that reads it was restored from an export, so it need not run"
 
 
 def readers(grid: Grid) -> dict[str, list[Cell]]:
@@ -77,20 +77,23 @@ def readers(grid: Grid) -> dict[str, list[Cell]]:
     return out
 
 
-def is_unneeded(cell: Cell, its_readers: list[Cell], state: Callable[[Cell], str]) -> bool:
-    """An unfinished cell of an intermediate stage (training) whose readers are all done without it."""
-    return (STAGES[cell.stage].intermediate and bool(its_readers)
-            and all(state(r) == "done" for r in its_readers))
+def is_unneeded(grid: Grid, cell: Cell, state: str, its_readers: list[Cell], reader_state: Callable[[Cell], str]) -> bool:
+    """A cell of an intermediate stage (training) that has not run here (pending or failed: a stale or
+    incomplete one is redone as before) and whose readers are all done and restored from an export: its
+    output would be read by nobody."""
+    return (STAGES[cell.stage].intermediate and state in ("pending", "failed") and bool(its_readers)
+            and all(reader_state(r) == "done" and (cells.read_metrics(grid.cell_dir(r)) or {}).get("restored")
+                    for r in its_readers))
 
 
 def status(grid: Grid) -> list[CellState]:
     """Each cell's state; a pending cell whose (hard) upstream failed, is blocked or incomplete shows as blocked;
-    an unfinished training cell whose evaluations are all done shows as unneeded."""
+    a training cell that has not run and whose evaluations were all restored shows as unneeded."""
     states: dict[str, CellState] = {c.name: state_of(grid, c) for c in grid.cells}
     read_by = readers(grid)
     for c in grid.cells:
         st = states[c.name]
-        if st.state != "done" and is_unneeded(c, read_by[c.name], lambda r: states[r.name].state):
+        if is_unneeded(grid, c, st.state, read_by[c.name], lambda r: states[r.name].state):
             states[c.name] = CellState(c, "unneeded", UNNEEDED)
         elif st.state == "pending" and not c.soft_deps:
             bad = [d for d in c.deps if states[d].state in FINAL_BAD]
@@ -216,8 +219,13 @@ def run(grid: Grid, *, log: Callable[[str], None] = print, execute: Callable[[Gr
     """Run every cell that is not done; return the final state of each."""
     preflight(grid, log=log)
     environment.ensure_kernel(grid.kernel)
-    with cells.exclusive(grid.output_root / ".grid.lock", f"grid {grid.name} ({grid.output_root})"):
+    with grid_lock(grid):
         return _run_locked(grid, log, execute)
+
+
+def grid_lock(grid: Grid) -> contextlib.AbstractContextManager[None]:
+    """One writer of a grid's outputs at a time (a run, a restore); a second stops naming the first."""
+    return cells.exclusive(grid.output_root / ".grid.lock", f"grid {grid.name} ({grid.output_root})")
 
 
 def _run_locked(grid: Grid, log: Callable[[str], None], execute: Callable[[Grid, Cell], None]) -> list[CellState]:
@@ -240,7 +248,7 @@ def _run_locked(grid: Grid, log: Callable[[str], None], execute: Callable[[Grid,
             bar.write(f"{prefix}: done, skipped")
             bar.update()
             continue
-        if is_unneeded(cell, read_by[cell.name], lambda r: state_of(grid, r).state):
+        if is_unneeded(grid, cell, st.state, read_by[cell.name], lambda r: state_of(grid, r).state):
             final[cell.name] = CellState(cell, "unneeded", UNNEEDED)
             bar.write(f"{prefix}: not needed, skipped ({UNNEEDED})")
             bar.update()

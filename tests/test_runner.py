@@ -265,9 +265,33 @@ def test_restore_refuses_an_export_of_cells_the_grid_does_not_have(stub_grid, tm
     changed = yaml.safe_load(stub_grid.read_text())
     changed["evaluate"]["n_examples"] = 3  # the grid changed since the export: other cells
     stub_grid.write_text(yaml.safe_dump(changed))
+    evaluate = load_grid(stub_grid).output_root / "evaluate"
+    before = sorted(p.name for p in evaluate.iterdir())
     r = _cli("results", str(stub_grid), "--restore", str(out))
     assert r.returncode == 2 and "exported cells are not cells of" in r.stderr and "evaluate/" in r.stderr, r.stderr
-    assert not any((load_grid(stub_grid).output_root / "evaluate").glob("*n3*"))
+    assert sorted(p.name for p in evaluate.iterdir()) == before  # refused before writing anything
+
+
+def test_only_training_whose_evaluations_were_restored_is_skipped(stub_grid, tmp_project):
+    """A training cell whose input changed (stale) or that failed is redone even though its evaluation is done
+    here: `unneeded` is for evaluations restored from an export, not a way to keep a result past its input."""
+    from cotlib import cells
+    from cotlib.schemas import SftConfig
+
+    g = load_grid(stub_grid)
+    assert all(s.state == "done" for s in runner.run(g, log=lambda _: None))
+    sft = [c for c in g.cells if c.stage == "sft"]
+    data = tmp_project / "train.jsonl"
+    data.write_text("one\n")
+    cells.start(g.cell_dir(sft[0]), "sft", SftConfig.model_validate(sft[0].config.model_dump()), inputs={"train": data})
+    data.write_text("two\n")  # its training data changed since it ran
+    (g.cell_dir(sft[1]) / "metrics.json").unlink()
+    cells.record_error(g.cell_dir(sft[1]), "RuntimeError: out of memory")
+    state = {s.cell.name: s.state for s in runner.status(g)}
+    assert [state[c.name] for c in sft[:2]] == ["stale", "failed"]
+    (tmp_project / "runs.log").unlink()
+    runner.run(g, log=lambda _: None)
+    assert {Path(p).relative_to(g.output_root).as_posix() for p in _runs(tmp_project)} >= {sft[0].name, sft[1].name}
 
 
 @needs_shared_data
