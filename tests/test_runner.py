@@ -294,27 +294,50 @@ def test_only_training_whose_evaluations_were_restored_is_skipped(stub_grid, tmp
     assert {Path(p).relative_to(g.output_root).as_posix() for p in _runs(tmp_project)} >= {sft[0].name, sft[1].name}
 
 
+_LEGACY_FIELDS = ("id", "output", "gold", "answer_type", "choices", "extracted", "correct", "new_tokens")
+
+
+def _as_before_cells_json(export: Path, to: Path) -> Path:
+    """A copy of an export as cotlib wrote it before cells.json: no cells.json, and each output with its stored
+    grade only (the grade fields a restore has to read off the output again left out)."""
+    import gzip
+    import shutil
+
+    shutil.copytree(export, to)
+    (to / "cells.json").unlink()
+    with gzip.open(export / "outputs.jsonl.gz", "rt") as fh:
+        rows = [json.loads(line) for line in fh]
+    with gzip.open(to / "outputs.jsonl.gz", "wt") as fh:
+        fh.writelines(json.dumps({"cell": r["cell"], **{k: r[k] for k in _LEGACY_FIELDS}}) + "\n" for r in rows)
+    return to
+
+
 @needs_shared_data
-def test_the_committed_study_export_restores_into_the_study_grid(tmp_project, project_root):
-    """The committed SVAMP results (exported before cells.json existed) rebuild the study's finished evaluations on a
-    new machine, and exporting them again gives the committed table and grades back."""
+@pytest.mark.parametrize("form", ["as committed", "before cells.json"])
+def test_the_committed_study_export_restores_into_the_study_grid(tmp_project, project_root, form):
+    """The committed SVAMP results rebuild the study's finished evaluations on a new machine, and exporting them
+    again gives the committed table and grades back; also from an export of the older form (no cells.json,
+    outputs with their stored grade only), whose metrics are rebuilt from the table and the outputs."""
     import shutil
 
     import pandas as pd
 
     committed = project_root / "docs" / "results" / "svamp"
+    source = committed if form == "as committed" else _as_before_cells_json(committed, tmp_project / "older")
     study = tmp_project / "params" / "study"
     shutil.copytree(project_root / "params" / "study", study)
-    r = _cli("results", str(study / "svamp.yaml"), "--restore", str(committed), cwd=tmp_project)
+    r = _cli("results", str(study / "svamp.yaml"), "--restore", str(source), cwd=tmp_project)
     n = len(pd.read_csv(committed / "results.csv"))
     assert r.returncode == 0 and f"restored {n} evaluate cells" in r.stdout, r.stdout + r.stderr
     states = json.loads(_cli("status", str(study / "svamp.yaml"), "--json", cwd=tmp_project).stdout)
     evaluated = [s for s in states if s["stage"] == "evaluate" and s["state"] == "done"]
     assert len(evaluated) == n
-    cell = tmp_project / "outputs" / "study-svamp" / evaluated[0]["cell"]
-    records = [json.loads(x) for x in (cell / "records.jsonl").read_text().splitlines()]
-    assert len(records) == 300 and all(r["prompt"] and r["output"] for r in records)  # the prompt, rebuilt
-    assert "rebuilt" in json.loads((cell / "provenance.json").read_text())["restored"]["prompts"]
+    for s in evaluated:
+        cell = tmp_project / "outputs" / "study-svamp" / s["cell"]
+        records = [json.loads(x) for x in (cell / "records.jsonl").read_text().splitlines()]
+        assert len(records) == 300 and all(r["prompt"] and r["output"] and "format_followed" in r for r in records)
+        restored = json.loads((cell / "provenance.json").read_text())["restored"]
+        assert "rebuilt" in restored["prompts"]
     trained = [s for s in states if s["stage"] == "sft" and s["state"] != "pending"]
     assert trained and all(s["state"] == "unneeded" for s in trained)
     again = tmp_project / "again"
