@@ -89,7 +89,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
         done = restore(g, Path(args.restore))
         print(f"restored {len(done['restored'])} evaluate cells from {args.restore} into {g.output_root}"
               + (f"; {len(done['kept'])} were done here already and are kept" if done["kept"] else "")
-              + f"\n`cotlib run {args.grid}` goes on with the rest (training whose evaluations are done is skipped)")
+              + f"\n`cotlib run {args.grid}` goes on with the rest (training whose evaluations were restored is not run)")
         return 0
     if args.export:
         from pathlib import Path

@@ -5,7 +5,8 @@ A cell is done when its metrics carry its config hash, its stage calls it comple
 with retryable failed rows is `incomplete`), and the inputs it read are unchanged (else `stale`, and
 redone). The local executor runs one cell at a time, depth first: a trained student is evaluated
 before the next one trains, so results arrive while the grid runs. Two runs of one grid cannot
-overlap: the second stops naming the first.
+overlap: the second stops naming the first. A training cell that has not run here and whose evaluations
+were all restored from an export (`cotlib results --restore`) is `unneeded`, and not run.
 """
 
 from __future__ import annotations
