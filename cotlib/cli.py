@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from pathlib import Path
 
 from . import results, runner
 from .cells import Busy
@@ -82,8 +83,6 @@ def _cmd_results(args: argparse.Namespace) -> int:
         print("error: --restore and --export go one way each: restore first, run, then export", file=sys.stderr)
         return 2
     if args.restore:
-        from pathlib import Path
-
         from .export import restore
 
         done = restore(g, Path(args.restore))
@@ -92,8 +91,6 @@ def _cmd_results(args: argparse.Namespace) -> int:
               + f"\n`cotlib run {args.grid}` goes on with the rest (training whose evaluations were restored is not run)")
         return 0
     if args.export:
-        from pathlib import Path
-
         from .export import export
 
         written = export(g, Path(args.export))
@@ -111,8 +108,6 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def _cmd_figures(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .export import figures_from
 
     folder = Path(args.folder)

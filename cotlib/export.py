@@ -6,11 +6,11 @@ paired tests), supervision.csv (the generate cells' teacher accuracy and CoT len
 figures, grid/ (the grid file and its `extends` chain, byte for byte, and the merged grid), code.json
 (the code versions and grader that produced the cells), outputs.jsonl.gz (every evaluated output with
 its grade, so the results can be re-graded without generating again) and cells.json (each evaluate
-cell's config hash, metrics and provenance).
+cell's metrics, with its config hash, and provenance).
 
 `restore` is the way back (`cotlib results GRID --restore DIR`): on a new machine it rebuilds the finished
 evaluate cells of an export in outputs/, so `cotlib run` goes on with the cells still to run instead of
-training and evaluating those again (the runner skips a training cell whose evaluations are all done).
+training and evaluating those again (the runner skips a training cell whose evaluations were all restored).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import io
 import json
 import math
 import shutil
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -112,15 +111,14 @@ CELLS, OUTPUTS = "cells.json", "outputs.jsonl.gz"
 
 
 def _cell_record(cell_dir: Path) -> dict[str, Any]:
-    """What `restore` needs beside the records: the cell's metrics (with its training figures, whose sft
-    cell a new machine does not have) and provenance."""
+    """What `restore` needs beside the records: the cell's metrics (its config hash among them, and its
+    training figures, whose sft cell a new machine does not have) and provenance."""
     metrics = cells.read_metrics(cell_dir) or {}
     try:
         prov = read_json(cell_dir / "provenance.json")
     except (FileNotFoundError, ValueError):
         prov = {}
-    return {"config_hash": metrics.get("config_hash"), "metrics": {**metrics, **results.trained_from(cell_dir)},
-            "provenance": prov}
+    return {"metrics": {**metrics, **results.trained_from(cell_dir)}, "provenance": prov}
 
 
 def figures_from(folder: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
