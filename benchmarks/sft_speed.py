@@ -7,7 +7,8 @@
    completion tokens on a CPU, and the thread count. Non-padding tokens/s, the share of pad tokens,
    and the achieved training FLOP rate as a share of the matmul ceiling.
 3. Today's path (fp32, gradient checkpointing, data order, every position scored) and the fast path
-   for `--steps` steps: both loss curves, and their means over windows of 10 steps.
+   for `--steps` steps: both loss curves, and their means over windows of 10 steps. Where the fast path
+   is bf16, it runs once more in fp32 on the same batches: what the precision alone changes, step by step.
 
 FLOP formula (LoRA): 4 x P_body x tokens + 4 x P_head x completion tokens, where P_body counts the
 weights of every linear layer below the LM head and P_head the LM head's: the forward pass (2P) and the
@@ -43,9 +44,6 @@ from cotlib.files import read_jsonl
 spec = json.loads(sys.argv[1]); root = Path(sys.argv[2])
 if spec.pop("score_every_position", False):
     train._score_only_completion_tokens_on_cpu = lambda: False   # today's path: trl scores every position
-precision = spec.pop("precision", None)
-if precision:  # today's path is fp32 wherever it runs; a variant may ask for bf16
-    train.hardware.train_precision = lambda: precision
 threads = spec.pop("threads", None)
 if threads:
     torch.set_num_threads(threads)
@@ -72,7 +70,7 @@ print("RESULT " + json.dumps({
     "tokens_per_second": sum(n for _, n in timed) / sum(t for t, _ in timed),
     "pad_share": 1 - c.real / c.padded, "real_tokens": c.real, "padded_tokens": c.padded,
     "seconds": sum(t for t, _ in steps), "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
-    "speed": trainer.cotlib_speed, "precision": train.hardware.train_precision()}))
+    "speed": trainer.cotlib_speed, "precision": train.hardware.train_precision(cfg.precision)}))
 """
 
 
@@ -124,6 +122,20 @@ def run(spec: dict, root: Path) -> dict:
     if line is None:
         return {"error": (out.stderr or out.stdout).strip().splitlines()[-1][:300]}
     return json.loads(line[len("RESULT "):])
+
+
+def print_precision_check(fp32: dict, bf16: dict) -> None:
+    """bf16 autocast against fp32 on the same batches (the fast path's, in the same order): what precision
+    alone changes in the loss curve, step by step (the speed issue's bound: within 2%)."""
+    rel = [100 * (b / f - 1) for f, b in zip(fp32["losses"], bf16["losses"])]
+    print(f"\nbf16 autocast against fp32, the fast path's own batches ({len(rel)} steps): fp32 {fp32['tokens_per_second']:.1f} "
+          f"tokens/s, bf16 {bf16['tokens_per_second']:.1f} ({bf16['tokens_per_second'] / fp32['tokens_per_second']:.1f}x)")
+    for i in range(0, len(rel), 10):
+        print(f"  steps {i + 1:2d}-{min(i + 10, len(rel)):2d}: fp32 " + " ".join(f"{x:.3f}" for x in fp32["losses"][i:i + 10])
+              + "\n                 bf16 " + " ".join(f"{x:.3f}" for x in bf16["losses"][i:i + 10]))
+    mean = 100 * (statistics.fmean(bf16["losses"]) / statistics.fmean(fp32["losses"]) - 1)
+    print(f"per-step loss, bf16 against fp32: largest difference {max(rel, key=abs):+.2f}%, mean |difference| "
+          f"{statistics.fmean(abs(x) for x in rel):.2f}%, mean loss {mean:+.2f}%")
 
 
 def main() -> int:
@@ -209,6 +221,10 @@ def main() -> int:
         print(f"mean loss over {a.steps} steps: {statistics.fmean(slow['losses']):.4f} / {statistics.fmean(fast['losses']):.4f} "
               f"({overall:+.1f}%); the fast path's grouped batches hold other examples at each step, so single steps "
               f"differ while the means agree")
+        if fast["precision"] == "bf16":
+            same_batches = run({**base, "max_steps": a.steps, "precision": "fp32"}, root)
+            if "error" not in same_batches:
+                print_precision_check(same_batches, fast)
         if cuda:
             for label, spec in (("qlora", {**base, "method": "qlora"}), ("full", {**base, "method": "full", "batch_size": 8})):
                 r = run({**spec, "max_steps": a.quick_steps}, root)

@@ -29,14 +29,32 @@ def cpu_native_bf16() -> bool:
         return False
 
 
-def train_precision() -> str:
-    """bf16 where the device has it natively (autocast, fp32 master weights for what trains), fp16 on a GPU
-    without bf16, else fp32."""
+def train_precision(requested: str = "auto") -> str:
+    """The precision training computes in. `auto`: bf16 where the device has it natively (autocast, fp32
+    master weights for what trains), fp16 on a GPU without bf16, else fp32. `fp32` or `bf16` as asked
+    (check_precision refuses bf16 where it would be emulated)."""
     import torch
 
+    if requested != "auto":
+        return requested
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_native_bf16() else "fp32"
+
+
+def check_precision(requested: str) -> None:
+    """bf16 asked for where it is not native: emulated bf16 matmuls run ~80x slower than fp32, so refuse
+    before anything is loaded rather than train for days."""
+    import torch
+
+    if requested != "bf16":
+        return
+    if torch.cuda.is_available():
+        if not torch.cuda.is_bf16_supported():
+            raise ValueError("precision: bf16 asked for, but this GPU has no bf16; use precision: auto (fp16 here) or fp32")
+    elif not cpu_native_bf16():
+        raise ValueError("precision: bf16 asked for, but this CPU has no native bf16 (AVX-512 BF16 or AMX): it would "
+                         "be emulated, ~80x slower than fp32; use precision: auto or fp32 on this machine")
 
 
 def inference_dtype():

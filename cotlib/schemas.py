@@ -215,6 +215,10 @@ class SftConfig(Strict):
     # auto: only where the activations of the longest batch would not fit in half the free memory
     gradient_checkpointing: Literal["auto"] | bool = "auto"
     group_by_length: bool = True  # batches of similar length: little padding (transformers' LengthGroupedSampler)
+    # auto: bf16 autocast where the device has native bf16, else fp32 (fp16 on a GPU without bf16). Operational:
+    # the precision a cell ran in is recorded in its metrics and provenance, not in its name, so pinning it
+    # (a study resumed on machines of several kinds stays in one precision) renames no cell.
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", json_schema_extra=OPERATIONAL)
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: Float = Field(0.0, ge=0.0, lt=1.0)
     weight_decay: Float = Field(0.0, ge=0.0)

@@ -137,7 +137,7 @@ def _selects(b: Builder, where: Any, cfg: Strict, stage: str) -> bool:
 def _sft_requirements(cfg: SftConfig) -> list[Requirement]:
     from . import models, train
 
-    return [models.requirement(cfg.student), train.requirement(cfg.method, cfg.num_gpus)]
+    return [models.requirement(cfg.student), train.requirement(cfg.method, cfg.num_gpus, cfg.precision)]
 
 
 def _sft_inputs(cfg: SftConfig, inputs: dict[str, Any]) -> str | None:

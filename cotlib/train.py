@@ -25,10 +25,15 @@ class TrainError(RuntimeError):
     """Training cannot start as configured; the message says why and what to change."""
 
 
-def check_method(method: str, num_gpus: int = 1) -> None:
-    """QLoRA needs CUDA and bitsandbytes, several GPUs need that many: say so before anything is loaded."""
+def check_method(method: str, num_gpus: int = 1, precision: str = "auto") -> None:
+    """QLoRA needs CUDA and bitsandbytes, several GPUs need that many, bf16 needs native bf16: say so before
+    anything is loaded."""
     import torch
 
+    try:
+        hardware.check_precision(precision)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
     if method == "qlora":
         if not torch.cuda.is_available():
             raise TrainError("method 'qlora' needs a CUDA GPU and none is visible; use method: lora on this machine")
@@ -40,10 +45,11 @@ def check_method(method: str, num_gpus: int = 1) -> None:
         raise TrainError(f"num_gpus: {num_gpus} asked for, {torch.cuda.device_count()} visible")
 
 
-def requirement(method: str, num_gpus: int):
+def requirement(method: str, num_gpus: int, precision: str = "auto"):
     from .environment import Requirement
 
-    return Requirement(("method", method, str(num_gpus)), lambda dry_run: check_method(method, num_gpus), on_device=True)
+    return Requirement(("method", method, str(num_gpus), precision),
+                       lambda dry_run: check_method(method, num_gpus, precision), on_device=True)
 
 
 def build_dataset(cfg: SftConfig, rows: list[dict], tokenizer) -> tuple[list[dict], int]:
@@ -69,7 +75,7 @@ def _load_student(cfg: SftConfig, checkpointing: bool):
     from transformers import AutoModelForCausalLM
 
     path = models.resolve_path(cfg.student)
-    prec = hardware.train_precision()
+    prec = hardware.train_precision(cfg.precision)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[prec]
     kw: dict[str, Any] = {"attn_implementation": cfg.attn_implementation}
     if cfg.method == "qlora":
@@ -152,7 +158,7 @@ def make_trainer(cfg: SftConfig, pairs: list[dict], tokenizer, output_dir: Path)
     if cfg.method in ("lora", "qlora"):
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                  target_modules="all-linear", task_type="CAUSAL_LM")
-    prec = hardware.train_precision()
+    prec = hardware.train_precision(cfg.precision)
     longest = max(len(tokenizer(p["prompt"] + p["completion"])["input_ids"]) for p in pairs)
     checkpointing, why = use_checkpointing(cfg, AutoConfig.from_pretrained(models.resolve_path(cfg.student)), longest)
     compact = _score_only_completion_tokens_on_cpu() if not torch.cuda.is_available() else None
@@ -230,7 +236,7 @@ def _train(cfg: SftConfig, cell_dir: Path, pairs: list[dict], too_long: int, tok
         "final_loss": log[-1]["loss"] if log else None, "train_seconds": seconds,
         "train_tokens": counted.real, "pad_share": 1 - counted.real / counted.padded if counted.padded else None,
         "tokens_per_second": counted.real * cfg.num_gpus / seconds if seconds > 0 else None,  # non-padding tokens
-        "peak_memory_mb": _peak_memory_mb(), "precision": hardware.train_precision(), **trainer.cotlib_speed,
+        "peak_memory_mb": _peak_memory_mb(), "precision": hardware.train_precision(cfg.precision), **trainer.cotlib_speed,
         "quantization": "nf4" if cfg.method == "qlora" else None, "num_gpus": cfg.num_gpus,
         "stop_token": stop, "stop_strategy": why, "saved": out.name,
     }
@@ -253,12 +259,12 @@ def prepare(cfg: SftConfig, train_file: Path, cell_dir: Path, tok) -> tuple[list
 
 def run_sft(cfg: SftConfig, ctx: Context) -> dict[str, Any]:
     """Fine-tune one student on one generated set; save the adapter (or model), loss curve and speed."""
-    check_method(cfg.method, cfg.num_gpus)
+    check_method(cfg.method, cfg.num_gpus, cfg.precision)
     tok = models.load_tokenizer(cfg.student)
     pairs, too_long = prepare(cfg, ctx.input("train") / "sft.jsonl", ctx.dir, tok)
     if cfg.num_gpus == 1:
         return _train(cfg, ctx.dir, pairs, too_long, tok)
-    prec = hardware.train_precision()
+    prec = hardware.train_precision(cfg.precision)
     cmd = launch_command(ctx.dir, cfg.num_gpus, {"fp32": "no"}.get(prec, prec))
     done = subprocess.run(cmd, check=False)
     if done.returncode != 0:
