@@ -94,8 +94,9 @@ def linear_params(student: str) -> tuple[int, int]:
 
     from cotlib import models
 
+    config = AutoConfig.from_pretrained(models.resolve_path(student))  # outside the meta context: a first use converts the model
     with torch.device("meta"):
-        m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(models.resolve_path(student)))
+        m = AutoModelForCausalLM.from_config(config)
     head = m.get_output_embeddings()
     body = sum(mod.weight.numel() for mod in m.modules() if isinstance(mod, torch.nn.Linear) and mod is not head)
     return body, head.weight.numel()
@@ -157,7 +158,7 @@ def main() -> int:
     print(f"device: {hardware.device_info()}")
     if not cuda:
         fp32 = matmul_gflops(torch.float32, 2048)
-        bf16 = matmul_gflops(torch.bfloat16, 1024 if native_bf16 else 256)
+        bf16 = matmul_gflops(torch.bfloat16, 2048 if native_bf16 else 256)
         print(f"matmul ceiling: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.1f} GFLOP/s "
               f"({'native' if native_bf16 else 'NOT native here: emulated'} bf16)")
         ceiling = bf16 if native_bf16 else fp32
@@ -191,7 +192,7 @@ def main() -> int:
         if not a.quick_steps:
             quick = []  # --quick-steps 0: only today's path against the fast path
         print(f"\neach change on its own ({a.quick_steps} steps, first step not timed):")
-        print(f"{'variant':72s} {'tokens/s':>9s} {'pad':>6s} {'GFLOP/s':>8s} {'of peak':>8s}")
+        print(f"{'variant':72s} {'tokens/s':>9s} {'pad':>6s} {'GFLOP/s':>8s} {'of peak':>8s}  (peak: the {'bf16' if ceiling and native_bf16 else 'fp32'} matmul ceiling)")
         for label, spec in quick:
             r = run({**spec, "max_steps": a.quick_steps}, root)
             if "error" in r:

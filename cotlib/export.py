@@ -21,6 +21,7 @@ import io
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,10 @@ def _code_versions(grid: Grid) -> dict:
         git = prov.get("git") or {}
         key = f"{git.get('sha')}{' (dirty)' if git.get('dirty') else ''}"
         restored = prov.get("restored") or {}
-        if restored.get("export_format", "").startswith("results.csv"):  # the cell's own version was not exported
+        if restored and not git.get("sha"):  # the cell's own version was not exported (first exported before cells.json)
             key = "restored from an export made before cells.json (its code versions: earlier_export_code_versions)"
-            earlier.update((restored.get("export_code") or {}).get("cells_by_code_version") or {})
+            code = restored.get("export_code") or {}  # restored again from cells.json: its export kept the attribution
+            earlier.update(code.get("earlier_export_code_versions") or code.get("cells_by_code_version") or {})
         shas[key] = shas.get(key, 0) + 1
         regraded += bool(prov.get("regrades"))
     return {"cells_by_code_version": shas, **({"earlier_export_code_versions": earlier} if earlier else {}),
@@ -83,7 +85,11 @@ def export(grid: Grid, out: Path, formats: tuple[str, ...] = ("png",)) -> list[P
     written = [out / "results.csv", out / "correct.csv", out / "supervision.csv"]
     table.to_csv(written[0], index=False)
     results.correctness_table(correct).to_csv(written[1])
-    generated.to_csv(written[2], index=False)
+    if not generated.empty or not written[2].exists():
+        generated.to_csv(written[2], index=False)
+    else:  # generate cells not run on this machine yet (evaluations restored): keep the supervision exported before
+        generated = pd.read_csv(written[2], dtype={"teacher": object, "format": object}).astype({"level": "Int64"})
+        warnings.warn(f"no finished generate cell here: {written[2]} kept as it was")
     written += draw_all(table, out, list(formats), correct, generated)
     grid_dir = out / "grid"
     grid_dir.mkdir(exist_ok=True)
@@ -191,7 +197,8 @@ def _metrics_from_row(cell: Cell, row: dict[str, Any], records: list[dict[str, A
     from .regrade import scores
 
     keep = ("n", "accuracy", "ci95_low", "ci95_high", "strict_accuracy", "answer_found", "format_followed",
-            "mean_output_tokens", "hit_limit", "backend", "weights", "train_loss", "train_tokens", "train_seconds")
+            "mean_output_tokens", "hit_limit", "backend", "weights", "train_loss", "train_tokens", "train_seconds",
+            "train_precision")
     return {**scores(records), **length_stats(records), **{k: row[k] for k in keep if k in row and not _missing(row[k])},
             "decoding": cell.config.decoding.as_dict(),
             "lineage": {"student": cell.config.student, "dataset": cell.config.dataset,

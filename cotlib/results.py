@@ -19,7 +19,8 @@ from .files import iter_jsonl, read_json
 
 COLUMNS = ["cell", "dataset", "student", "supervision", "method", "teacher", "level", "format", "train_dataset", "n",
            "accuracy", "ci95_low", "ci95_high", "strict_accuracy", "answer_found", "format_followed",
-           "mean_output_tokens", "hit_limit", "train_loss", "train_tokens", "train_seconds", "backend", "weights"]
+           "mean_output_tokens", "hit_limit", "train_loss", "train_tokens", "train_seconds", "train_precision", "backend",
+           "weights"]
 
 
 def supervision_label(lineage: dict[str, Any]) -> str:
@@ -34,7 +35,7 @@ def supervision_label(lineage: dict[str, Any]) -> str:
 
 
 def trained_from(eval_dir: Path) -> dict[str, Any]:
-    """The training side of an evaluated student: its sft cell's loss, tokens and seconds (the evaluate
+    """The training side of an evaluated student: its sft cell's loss, tokens, seconds and precision (the evaluate
     cell's provenance names the weights it read). Empty where that cell is not at hand (an evaluation
     restored from an export carries these figures in its own metrics)."""
     try:
@@ -46,7 +47,8 @@ def trained_from(eval_dir: Path) -> dict[str, Any]:
     m = cells.read_metrics(Path(student["path"]).parent)
     if not m:
         return {}
-    return {"train_loss": m.get("train_loss"), "train_tokens": m.get("train_tokens"), "train_seconds": m.get("train_seconds")}
+    return {"train_loss": m.get("train_loss"), "train_tokens": m.get("train_tokens"), "train_seconds": m.get("train_seconds"),
+            "train_precision": m.get("precision")}
 
 
 def collect(cell_dirs: list[str | Path]) -> pd.DataFrame:
@@ -60,7 +62,19 @@ def collect(cell_dirs: list[str | Path]) -> pd.DataFrame:
         rows.append({"cell": f"{d.parent.name}/{d.name}", **lineage, "supervision": supervision_label(lineage),
                      **{k: m.get(k) for k in COLUMNS if k in m}, **trained_from(d)})
     df = pd.DataFrame(rows, columns=COLUMNS)
+    _warn_mixed_precision(df)
     return df.astype({"level": "Int64", "n": "Int64", "hit_limit": "Int64", "train_tokens": "Int64"})
+
+
+def _warn_mixed_precision(df: pd.DataFrame) -> None:
+    """A student trained in fp32 for some cells and bf16 for others (`precision: auto` on machines of two
+    kinds) confounds precision with whatever the cells vary: say so, and how to pin it."""
+    for student, group in df.dropna(subset=["train_precision"]).groupby("student"):
+        kinds = sorted(set(group["train_precision"]))
+        if len(kinds) > 1:
+            warnings.warn(f"{student}: trained in {' and '.join(kinds)} across cells; comparisons between them mix "
+                          f"precisions. Pin `precision:` in the grid's sft section and delete the odd cells' sft "
+                          f"folders to retrain them")
 
 
 def correctness(cell_dirs: list[str | Path]) -> dict[str, dict[str, bool]]:

@@ -86,8 +86,19 @@ def _load_student(cfg: SftConfig, checkpointing: bool):
                                    bnb_4bit_compute_dtype=dtype)
         model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=dtype, **kw)
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
-    # full fine-tuning keeps fp32 master weights (the trainer's autocast does bf16); LoRA stores the frozen base in bf16
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if cfg.method == "full" else dtype, **kw)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=_base_dtype(cfg.method, dtype), **kw)
+
+
+def _base_dtype(method: str, dtype):
+    """What the weights are stored in. Full fine-tuning keeps fp32 master weights (the trainer's autocast
+    does the bf16 matmuls). LoRA on a GPU stores the frozen base in bf16 (memory is what runs out there); on a
+    CPU it stays fp32 and only the matmuls are bf16: with a bf16 base the norms and the residual stream run
+    in bf16 too, and Qwen2.5-Coder-0.5B diverged at lr 2e-3 (12 steps, loss 1.75 -> 3.60, against 0.00 in
+    fp32) where the fp32 base with autocast spiked once (step 3) and came down to 0.004 as fp32 did
+    (tests/test_train.py::test_real_students_learn_and_stop_at_their_end_token trains it so)."""
+    import torch
+
+    return dtype if method == "lora" and torch.cuda.is_available() else torch.float32
 
 
 def end_token(cfg: SftConfig, eos_token: str) -> tuple[str, str]:

@@ -134,3 +134,31 @@ def test_the_study_grid_is_the_minimum_grid_with_one_hyper_parameter_set(project
     evals = [c.config for c in g.cells if c.stage == "evaluate"]
     assert sum(c.sft_cell is None for c in evals) == 3  # each student before fine-tuning
     assert all(c.dataset == "svamp" and c.split == "test" and c.n_examples is None and c.temperature == 0 for c in evals)
+
+
+def test_pinning_precision_renames_no_cell_and_the_study_pins_fp32(project_root):
+    """A study resumed on a machine with native bf16 must not switch precision halfway, nor lose its done
+    cells: `precision:` is recorded, not part of a cell's name."""
+    from cotlib.cells import config_hash
+    from cotlib.schemas import SftConfig
+
+    hashes = {p: config_hash("sft", SftConfig(generate_cell="generate/g", precision=p)) for p in ("auto", "fp32", "bf16")}
+    assert len(set(hashes.values())) == 1
+    g = load_grid(project_root / "params" / "study" / "svamp.yaml")
+    assert {c.config.precision for c in g.cells if c.stage == "sft"} == {"fp32"}
+
+
+def test_results_warn_when_a_student_was_trained_in_two_precisions():
+    import warnings
+
+    import pandas as pd
+
+    from cotlib.results import COLUMNS, _warn_mixed_precision
+
+    rows = [{"student": "s", "train_precision": "fp32"}, {"student": "s", "train_precision": "bf16"},
+            {"student": "t", "train_precision": "fp32"}, {"student": "t", "train_precision": None}]
+    with pytest.warns(UserWarning, match=r"s: trained in bf16 and fp32.*Pin `precision:`"):
+        _warn_mixed_precision(pd.DataFrame(rows, columns=COLUMNS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_mixed_precision(pd.DataFrame(rows[2:], columns=COLUMNS))  # one precision (and an unknown): quiet
