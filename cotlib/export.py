@@ -192,13 +192,11 @@ def _add_prompts(cell: Cell, records: list[dict[str, Any]], examples: dict[str, 
 def _metrics_from_row(cell: Cell, row: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
     """An evaluate cell's metrics rebuilt from its results.csv row and its records (an export made before
     cells.json): the row's figures as exported, the length statistics again from the records. What the row
-    does not carry (generation seconds, the stop string, the precision) is left out, not guessed."""
+    does not carry (generation seconds, the stop string, the inference precision) is left out, not guessed."""
     from .evaluate import length_stats
     from .regrade import scores
 
-    keep = ("n", "accuracy", "ci95_low", "ci95_high", "strict_accuracy", "answer_found", "format_followed",
-            "mean_output_tokens", "hit_limit", "backend", "weights", "train_loss", "train_tokens", "train_seconds",
-            "train_precision")
+    keep = results.COLUMNS[results.COLUMNS.index("n"):]  # the table's figures; the columns before it name the cell
     return {**scores(records), **length_stats(records), **{k: row[k] for k in keep if k in row and not _missing(row[k])},
             "decoding": cell.config.decoding.as_dict(),
             "lineage": {"student": cell.config.student, "dataset": cell.config.dataset,
