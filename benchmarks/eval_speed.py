@@ -3,7 +3,8 @@
 Ways, each timed on the same prompts (a student's template, tokenized as evaluation does):
 one prompt at a time (as the paper's scripts did), length-sorted left-padded batches with transformers
 in fp32 (the reference), the same in bf16 where the CPU has native bf16, and vLLM (fp32; bf16 where
-native). Each line says how many greedy outputs and extracted answers are identical to the reference.
+native). Each line says how many greedy outputs and extracted answers are identical to the reference, and how
+many answers are correct (bf16 may change answers without changing accuracy beyond noise).
 The default on a CPU (`backend: auto`) is the fastest one whose answers are identical.
 
     python benchmarks/eval_speed.py [--model smollm2-135m] [--n 64] [--batch-size 32] [--max-new-tokens 128]
@@ -44,8 +45,11 @@ def main() -> int:
     print(f"{len(texts)} {a.dataset} test questions, {a.model}, greedy, max {a.max_new_tokens} new tokens, "
           f"{torch.get_num_threads()} threads on {hardware.device()} ({'native' if native else 'no native'} bf16)")
 
+    def grades(gens):
+        return [grade(g.text, ex.answer, ex.answer_type, ex.choices) for g, ex in zip(gens, examples)]
+
     def answers(gens):
-        return [grade(g.text, ex.answer, ex.answer_type, ex.choices).extracted for g, ex in zip(gens, examples)]
+        return [g.extracted for g in grades(gens)]
 
     def timed(kind: str, dtype: str, batch_size: int = a.batch_size, one_at_a_time: bool = False):
         start = time.perf_counter()
@@ -65,9 +69,11 @@ def main() -> int:
     def row(key: tuple[str, str], label: str, gens, seconds: float, start_s: float | None = None) -> None:
         same_text = sum(x.text == y.text for x, y in zip(gens, ref))
         same_answer = sum(x == y for x, y in zip(answers(gens), ref_answers))
+        correct = sum(g.correct for g in grades(gens))
         extra = f" (+{start_s:.1f} s engine start)" if start_s is not None else ""
         print(f"{label:34s} {seconds:7.1f} s {len(texts) / seconds:6.2f} questions/s {tokens / seconds:7.1f} tokens/s{extra}   "
-              f"identical to reference: outputs {same_text}/{len(texts)}, answers {same_answer}/{len(texts)}")
+              f"identical to reference: outputs {same_text}/{len(texts)}, answers {same_answer}/{len(texts)}; "
+              f"correct {correct}/{len(texts)}")
         results[key] = (label, seconds, same_answer == len(texts))
 
     row(("transformers", "float32"), f"transformers fp32, batched ({a.batch_size})", ref, t_ref)

@@ -40,6 +40,10 @@ def format_estimate(est: dict[str, dict]) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.jobs < 1 or (args.jobs > 1 and args.executor == "ray"):
+        print(f"error: --jobs {args.jobs}: " + ("must be 1 or more" if args.jobs < 1 else
+              "belongs to the local executor; Ray runs as many cells at once as the cluster has CPUs"), file=sys.stderr)
+        return 2
     g = load_grid(args.grid)
     if args.dry_run:
         runner.preflight(g, dry_run=True, check_devices=args.executor != "ray" or args.ray_address is None)
@@ -58,7 +62,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         states = ray_executor.run(g, address=args.ray_address)
     else:
-        states = runner.run(g)
+        states = runner.run(g, jobs=args.jobs)
     unfinished = [s for s in states if s.state in runner.FINAL_BAD]
     print(format_status(states))
     if unfinished:
@@ -174,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("grid")
     r.add_argument("--dry-run", action="store_true", help="validate, check the environment, count cells and estimate hours; run nothing")
     r.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="local: one cell after another in this process (default); ray: one Ray task per cell")
+                   help="local: cells run from this process, one at a time unless --jobs (default); ray: one Ray task per cell")
     r.add_argument("--ray-address", default=None, help="a Ray cluster to use (default: start a local instance)")
+    r.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="local executor: run up to N ready cells at once, each in its own process (default 1; "
+                        "`make demo` uses 2: its cells are small)")
     r.set_defaults(func=_cmd_run)
     s = sub.add_parser("status", help="show each cell's state")
     s.add_argument("grid")

@@ -62,15 +62,26 @@ class Weights:
     scratch: bool = False  # `path` was made for this evaluation alone and is removed after it
 
 
-def student_weights(cfg: EvaluateConfig, ctx: Context) -> Weights:
+def lora_mode(lora: str, engine: str) -> str:
+    """What `lora: auto` means for this engine: merge where vLLM runs on a CPU (its CPU LoRA kernels are the
+    slow part there: the demo's trained students generated at ~45 tokens/s as adapters, ~3x that merged),
+    else the adapter as trained (transformers applies it at little cost; vLLM on a GPU too)."""
+    from . import hardware
+
+    if lora != "auto":
+        return lora
+    return "merge" if engine == "vllm" and hardware.device() == "cpu" else "adapter"
+
+
+def student_weights(cfg: EvaluateConfig, ctx: Context, engine: str = "transformers") -> Weights:
     """The trained student's weights (its sft cell is this cell's `student` input), merging a LoRA adapter
-    first when `lora: merge` asks for it: the sft cell's own merged copy (`merge: true`), else one made
-    in this cell's folder."""
+    first when `lora` asks for it (`lora_mode`): the sft cell's own merged copy (`merge: true`), else one
+    made in this cell's folder."""
     sft_dir = ctx.input("student")
     if sft_dir is None:
         return Weights("base")
     if (sft_dir / "adapter").exists():
-        if cfg.lora == "merge":
+        if lora_mode(cfg.lora, engine) == "merge":
             kept = sft_dir / "merged"
             if (kept / "config.json").exists():
                 return Weights("merged", path=kept)
@@ -114,12 +125,12 @@ def parity(records: list[dict[str, Any]], examples: list[data.Example], hf_gens:
 
 def run_evaluate(cfg: EvaluateConfig, ctx: Context) -> dict[str, Any]:
     examples = data.load_examples(cfg.dataset, cfg.split, cfg.n_examples, source=cfg.source, subjects=cfg.subjects)
-    weights = student_weights(cfg, ctx)
     template = prompts.template_for(cfg.student)
     tok = models.load_tokenizer(cfg.student)
     stop = trained_stop_token(ctx) or template.stop
     prompts_ = [template.render(ex.question) for ex in examples]
     kind = generation.fastest_engine(len(prompts_), cfg.decoding.max_new_tokens) if cfg.backend == "auto" else cfg.backend
+    weights = student_weights(cfg, ctx, kind)
     reference = _generate("transformers", cfg, weights, tok, prompts_[:cfg.parity_n], stop)[0] if cfg.parity_n else None
     t0 = time.perf_counter()
     gens, engine = _generate(kind, cfg, weights, tok, prompts_, stop)

@@ -279,8 +279,9 @@ class EvaluateConfig(Strict):
     # here), else transformers
     backend: Literal["auto", "transformers", "vllm"] = "auto"
     # A LoRA student as trained (the adapter on its base) or merged into the base first, for engines and
-    # speed where an adapter is a cost.
-    lora: Literal["adapter", "merge"] = "adapter"
+    # speed where an adapter is a cost. auto: merge where vLLM runs on a CPU (its CPU LoRA kernels
+    # generated ~3x slower than the merged model in the demo), else the adapter (`evaluate.lora_mode`).
+    lora: Literal["auto", "adapter", "merge"] = "auto"
     # vllm only: also generate the first parity_n examples with transformers and record how often the
     # two backends agree (parity.jsonl, metrics["parity"]).
     parity_n: Int = Field(0, ge=0, json_schema_extra=OPERATIONAL)

@@ -7,8 +7,10 @@ behaviour is what is tested; the real notebooks run end to end in test_demo_e2e.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -152,6 +154,35 @@ def test_cli_exits_nonzero_naming_failed_cells_and_status_shows_them(stub_grid, 
     assert [r["stage"] for r in rows if r["state"] == "blocked"] == ["sft", "evaluate"]
     dry = subprocess.run([*cli, "run", str(stub_grid), "--dry-run"], capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0 and "generate     3 cells, 2 done, 1 to run" in dry.stdout
+
+
+def _span(cell_dir: Path) -> tuple[datetime, datetime]:
+    pm = nbformat.read(cell_dir / "executed.ipynb", as_version=4).metadata.papermill
+    return datetime.fromisoformat(pm.start_time), datetime.fromisoformat(pm.end_time)
+
+
+def test_jobs_runs_ready_cells_side_by_side_with_the_outcome_of_one_at_a_time(stub_grid, tmp_project, monkeypatch):
+    """`cotlib run --jobs 2` (what `make demo` uses): two notebooks at once, each cell still after the cells
+    it reads, a failure recorded and what needs it blocked, one console line per cell, as without --jobs."""
+    monkeypatch.setenv("FAIL_LEVELS", "3")
+    cli = [sys.executable, "-m", "cotlib.cli"]
+    bad = subprocess.run([*cli, "run", str(stub_grid), "--jobs", "0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--jobs 0: must be 1 or more" in bad.stderr and not _runs(tmp_project)
+    run = subprocess.run([*cli, "run", str(stub_grid), "--jobs", "2"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1 and "__L3__cot__" in run.stderr
+    g = load_grid(stub_grid)
+    states = {s.cell.name: s.state for s in runner.status(g)}
+    assert sum(v == "done" for v in states.values()) == 8  # as test_cli_exits_nonzero_naming_failed_cells... finds
+    assert sorted(c.stage for c in g.cells if states[c.name] == "blocked") == ["evaluate", "sft"]
+    lines = [ln for ln in (run.stdout + run.stderr).replace("\r", "\n").splitlines() if re.match(r"\[\d+/11\] ", ln)]
+    assert sorted(int(ln[1:ln.index("/")]) for ln in lines) == list(range(1, 12))  # each cell settled once
+    spans = {c.name: _span(g.output_root / c.name) for c in g.cells if (g.output_root / c.name / "executed.ipynb").exists()}
+    for c in g.cells:
+        for d in c.deps:
+            if c.name in spans and d in spans:
+                assert spans[d][1] <= spans[c.name][0], f"{c.name} started before {d} had finished"
+    ran = sorted(spans.values())
+    assert any(b[0] < a[1] for a, b in zip(ran, ran[1:])), "no two notebooks ran at the same time"
 
 
 def test_validation_fails_before_any_kernel_starts(tmp_project, monkeypatch):
