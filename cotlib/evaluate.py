@@ -64,7 +64,7 @@ class Weights:
 
 def lora_mode(lora: str, engine: str) -> str:
     """What `lora: auto` means for this engine: merge where vLLM runs on a CPU (its CPU LoRA kernels are the
-    slow part there: the demo's trained students generated at ~45 tokens/s as adapters, ~3x that merged),
+    slow part there: the demo's trained students generated in 43-51 s as adapters, 19-25 s merged),
     else the adapter as trained (transformers applies it at little cost; vLLM on a GPU too)."""
     from . import hardware
 

@@ -280,7 +280,7 @@ class EvaluateConfig(Strict):
     backend: Literal["auto", "transformers", "vllm"] = "auto"
     # A LoRA student as trained (the adapter on its base) or merged into the base first, for engines and
     # speed where an adapter is a cost. auto: merge where vLLM runs on a CPU (its CPU LoRA kernels
-    # generated ~3x slower than the merged model in the demo), else the adapter (`evaluate.lora_mode`).
+    # generated about 2x slower than the merged model in the demo), else the adapter (`evaluate.lora_mode`).
     lora: Literal["auto", "adapter", "merge"] = "auto"
     # vllm only: also generate the first parity_n examples with transformers and record how often the
     # two backends agree (parity.jsonl, metrics["parity"]).
