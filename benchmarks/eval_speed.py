@@ -41,7 +41,7 @@ def main() -> int:
     template, tok = prompts.template_for(a.model), models.load_tokenizer(a.model)
     texts = [template.render(ex.question) for ex in examples]
     decoding = Decoding(a.max_new_tokens)
-    native = hardware.cpu_native_bf16() or (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    native = hardware.native_bf16()
     print(f"{len(texts)} {a.dataset} test questions, {a.model}, greedy, max {a.max_new_tokens} new tokens, "
           f"{torch.get_num_threads()} threads on {hardware.device()} ({'native' if native else 'no native'} bf16)")
 

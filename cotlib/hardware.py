@@ -29,6 +29,13 @@ def cpu_native_bf16() -> bool:
         return False
 
 
+def native_bf16() -> bool:
+    """True where this machine's device (the GPU if there is one, else the CPU) computes bf16 natively."""
+    import torch
+
+    return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_native_bf16()
+
+
 def train_precision(requested: str = "auto") -> str:
     """The precision training computes in. `auto`: bf16 where the device has it natively (autocast, fp32
     master weights for what trains), fp16 on a GPU without bf16, else fp32. `fp32` or `bf16` as asked

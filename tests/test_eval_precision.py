@@ -26,7 +26,7 @@ def _greedy(dtype: str, enc, eos: list[int], pad_id: int) -> tuple[torch.Tensor,
 
 @needs_shared_data
 def test_bf16_greedy_follows_fp32_until_a_near_tie(embedded_model_dir):
-    native = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else hardware.cpu_native_bf16()
+    native = hardware.native_bf16()
     if not native:
         pytest.skip("no native bf16 here: bf16 inference is not offered")
     template, tok = prompts.template_for(models.EMBEDDED), models.load_tokenizer(models.EMBEDDED)

@@ -89,7 +89,7 @@ def test_bf16_autocast_trains_like_fp32_where_bf16_is_native_and_is_refused_wher
 
     gen = _gen_cell(tmp_path, n=8)
     same = dict(generate_cell=gen, max_steps=4, batch_size=4, learning_rate=1e-3, max_length=128)
-    native = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else hardware.cpu_native_bf16()
+    native = hardware.native_bf16()
     if not native:
         with pytest.raises(TrainError, match="no native bf16.*use precision: auto or fp32"):
             run_sft(SftConfig(**same, precision="bf16"), tmp_path / "sft" / "bf16")
