@@ -295,8 +295,12 @@ def _run_locked(grid: Grid, log: Callable[[str], None], execute: Callable[[Grid,
     process-wide state) whose kernels share the cores (`_share_cores`): a kernel's start and imports are
     single-threaded work that another cell's compute can overlap, so the demo's small cells finish sooner
     two at a time on 2 cores, with the same results.
-    Either way a cell starts only when its upstream cells have settled (`_next_cell` says which next)."""
+    Either way a cell starts only when its upstream cells have settled (`_next_cell` says which next).
+    A worker process that dies (killed, or out of memory) takes the pool with it, and with it every cell in
+    flight, without saying which one it was running: those cells are retried one by one, each alone in a
+    fresh pool, and only one that kills its worker again, running alone, is recorded as failed."""
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
     from multiprocessing import get_context
 
     final: dict[str, CellState] = {}
@@ -307,8 +311,12 @@ def _run_locked(grid: Grid, log: Callable[[str], None], execute: Callable[[Grid,
     n = 0
     running: dict[Future, tuple[Cell, float]] = {}
     chain = _chains(grid, read_by) if jobs > 1 else None
-    pool = (ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_share_cores, initargs=(jobs,))
-            if jobs > 1 else None)
+    alone: set[str] = set()  # in flight when a worker died: each is retried by itself
+
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_share_cores, initargs=(jobs,))
+
+    pool = new_pool() if jobs > 1 else None
 
     def settle(st: CellState, line: str) -> None:
         nonlocal n
@@ -317,9 +325,26 @@ def _run_locked(grid: Grid, log: Callable[[str], None], execute: Callable[[Grid,
         bar.write(f"[{n}/{len(grid.cells)}] {st.cell.name}: {line}")
         bar.update()
 
+    def settle_dead_worker(cell: Cell, t0: float, in_flight: int) -> None:
+        took = time.perf_counter() - t0
+        if cell.name not in alone and in_flight > 1:
+            alone.add(cell.name)
+            todo.append(cell)
+            bar.write(f"{cell.name}: a worker process died after {took:.0f}s with this cell among {in_flight} "
+                      "in flight; retrying it alone")
+            return
+        summary = ("its worker process died (killed, or out of memory?) while it ran"
+                   + (" alone" if in_flight == 1 else ""))
+        unwritten = cells.record_error(grid.cell_dir(cell), summary)
+        st = CellState(cell, "failed", summary + (f" ({unwritten})" if unwritten else ""))
+        settle(st, _outcome(grid, st, took))
+
     try:
         while todo or running:
-            while len(running) < jobs and (cell := _next_cell(todo, final, order, chain)) is not None:
+            while len(running) < jobs and not any(c.name in alone for c, _ in running.values()) \
+                    and (cell := _next_cell(todo, final, order, chain)) is not None:
+                if cell.name in alone and running:
+                    break  # it runs once the others have finished
                 todo.remove(cell)
                 st, line = _settle_without_running(grid, cell, final, read_by)
                 if st is not None:
@@ -340,10 +365,21 @@ def _run_locked(grid: Grid, log: Callable[[str], None], execute: Callable[[Grid,
                     raise RuntimeError("no runnable cell left; the grid's dependencies form a cycle")
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            broken = False
             for fut in finished:
+                if isinstance(fut.exception(), BrokenProcessPool):
+                    broken = True
+                    continue
                 cell, t0 = running.pop(fut)
                 st = fut.result()
                 settle(st, _outcome(grid, st, time.perf_counter() - t0))
+            if broken:  # every cell still in flight went down with the pool
+                pool.shutdown(wait=True, cancel_futures=True)
+                pool = new_pool()
+                in_flight = len(running)
+                for cell, t0 in running.values():
+                    settle_dead_worker(cell, t0, in_flight)
+                running.clear()
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -32,6 +32,10 @@ _BODY = {
         "open(os.environ['RUN_LOG'], 'a').write(cell_dir + '\\n')\n"
         "if cfg.level in [int(x) for x in os.environ.get('FAIL_LEVELS', '').split(',') if x]:\n"
         "    raise RuntimeError(f'injected failure at level {cfg.level}')\n"
+        "if cfg.level in [int(x) for x in os.environ.get('SLOW_LEVELS', '').split(',') if x]:\n"
+        "    import time; time.sleep(8)\n"
+        "if cfg.level in [int(x) for x in os.environ.get('KILL_WORKER_LEVELS', '').split(',') if x]:\n"
+        "    import signal; os.kill(os.getppid(), signal.SIGKILL)  # the process that started this kernel\n"
         "cells.start(cell_dir, 'generate', cfg)\n"
         "cells.finish(cell_dir, 'generate', cfg, {'kept': 1})\n"
     ),
@@ -183,6 +187,29 @@ def test_jobs_runs_ready_cells_side_by_side_with_the_outcome_of_one_at_a_time(st
                 assert spans[d][1] <= spans[c.name][0], f"{c.name} started before {d} had finished"
     ran = sorted(spans.values())
     assert any(b[0] < a[1] for a, b in zip(ran, ran[1:])), "no two notebooks ran at the same time"
+
+
+def test_jobs_a_killed_worker_fails_only_its_own_cell_and_a_rerun_resumes(stub_grid, tmp_project, monkeypatch):
+    """Under --jobs a cell runs in a worker process; one killed (by hand, by the OOM killer) takes down its
+    pool and every cell in flight. The run goes on: the cells beside it are retried and finish, the one
+    whose worker dies again while running alone is recorded as failed, and a rerun finishes it."""
+    monkeypatch.setenv("KILL_WORKER_LEVELS", "2")
+    monkeypatch.setenv("SLOW_LEVELS", "1,3")  # so that level 2's worker dies with another cell in flight
+    cli = [sys.executable, "-m", "cotlib.cli"]
+    run = subprocess.run([*cli, "run", str(stub_grid), "--jobs", "2"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stderr[-2000:]
+    console = run.stdout + run.stderr
+    assert "retrying it alone" in console and "BrokenProcessPool" not in console
+    g = load_grid(stub_grid)
+    states = {s.cell.name: s for s in runner.status(g)}
+    failed = [s for s in states.values() if s.state == "failed"]
+    assert [s.cell.stage for s in failed] == ["generate"] and "__L2__" in failed[0].cell.name
+    assert "worker process died" in failed[0].detail
+    assert sum(s.state == "done" for s in states.values()) == 8
+    monkeypatch.delenv("KILL_WORKER_LEVELS")
+    again = subprocess.run([*cli, "run", str(stub_grid), "--jobs", "2"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert all(s.state == "done" for s in runner.status(g))
 
 
 def test_validation_fails_before_any_kernel_starts(tmp_project, monkeypatch):
