@@ -1,7 +1,7 @@
 """A grid's results as small files to commit (`cotlib results GRID --export DIR`), and its figures drawn
 again from those files alone (`cotlib figures DIR`), so a newcomer needs neither outputs/ nor a model.
 
-DIR holds: results.csv (a row per evaluate cell), correct.csv (each question's grade per cell, for the
+DIR holds: results.csv (a row per evaluate cell) and results.md (the same rows as a table to read), correct.csv (each question's grade per cell, for the
 paired tests), supervision.csv (the generate cells' teacher accuracy and CoT length), paired.csv, the
 figures, grid/ (the grid file and its `extends` chain, byte for byte, and the merged grid), code.json
 (the code versions and grader that produced the cells), outputs.jsonl.gz (every evaluated output with
@@ -82,8 +82,9 @@ def export(grid: Grid, out: Path, formats: tuple[str, ...] = ("png",)) -> list[P
         raise ValueError(f"no finished evaluate cells under {grid.output_root}")
     correct = results.correctness(eval_dirs)
     generated = results.supervision([grid.cell_dir(c) for c in grid.cells if c.stage == "generate"])
-    written = [out / "results.csv", out / "correct.csv", out / "supervision.csv"]
+    written = [out / "results.csv", out / "correct.csv", out / "supervision.csv", out / "results.md"]
     table.to_csv(written[0], index=False)
+    written[3].write_text(results.markdown(table), encoding="utf-8")
     results.correctness_table(correct).to_csv(written[1])
     if not generated.empty or not written[2].exists():
         generated.to_csv(written[2], index=False)

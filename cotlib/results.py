@@ -113,6 +113,28 @@ def supervision(cell_dirs: list[str | Path]) -> pd.DataFrame:
     return pd.DataFrame(rows).astype({"level": "Int64"}) if rows else pd.DataFrame()
 
 
+def markdown(table: pd.DataFrame) -> str:
+    """The results table as a Markdown table a person reads (and a README quotes, so that each of its numbers
+    is the export's own, not copied by hand): accuracy with its 95% interval, answer-found rate, output
+    length, and the training loss, tokens and seconds of the student's sft cell."""
+    def pct(x: Any) -> str:
+        return "" if pd.isna(x) else f"{100 * float(x):.1f}%"
+
+    def num(x: Any, fmt: str = "{:,.0f}") -> str:
+        return "" if pd.isna(x) else fmt.format(float(x))
+
+    head = ["student", "supervision", "n", "accuracy (95% CI)", "answer found", "mean output tokens",
+            "hit the token limit", "train loss", "train tokens", "train seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table.to_dict("records"):
+        sup = "base (untrained)" if r["supervision"] == "base" else r["supervision"]
+        lines.append("| " + " | ".join([
+            str(r["student"]), sup, num(r["n"]), f"{pct(r['accuracy'])} ({pct(r['ci95_low'])[:-1]}-{pct(r['ci95_high'])})",
+            pct(r["answer_found"]), num(r["mean_output_tokens"]), num(r["hit_limit"]), num(r["train_loss"], "{:.3f}"),
+            num(r["train_tokens"]), num(r["train_seconds"])]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write(table: pd.DataFrame, folder: str | Path) -> list[Path]:
     """results.csv and results.parquet in `folder`."""
     folder = Path(folder)

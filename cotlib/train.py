@@ -205,6 +205,59 @@ class _TokenCount:
         return batch
 
 
+def _progress_callback(counter: _TokenCount, before: dict[str, float] | None):
+    """A trainer callback whose state, saved inside each checkpoint's trainer_state.json (written last, so a
+    checkpoint that counts has it), is the whole training's seconds and tokens so far: a run resumed from
+    that checkpoint then reports the whole training, not only its own part. `before`: what the checkpoint
+    resumed from says (None where it predates this record)."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
+
+    class Progress(TrainerCallback, ExportableState):
+        def __init__(self) -> None:
+            self.start = time.perf_counter()
+
+        def totals(self) -> dict[str, float] | None:
+            if before is None:
+                return None
+            return {"seconds": before["seconds"] + time.perf_counter() - self.start,
+                    "tokens": before["tokens"] + counter.real, "padded": before["padded"] + counter.padded}
+
+        def state(self) -> dict:
+            return {"args": {}, "attributes": {"totals": self.totals()}}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # a state resumed from an older checkpoint has no entry for this callback, which the trainer's
+            # checkpointing then fails on (KeyError)
+            state.stateful_callbacks.setdefault(type(self).__name__, self.state())
+
+    return Progress()
+
+
+_NOTHING_YET = {"seconds": 0.0, "tokens": 0, "padded": 0}
+
+
+def _progress_before(checkpoint: Path | None) -> dict[str, float] | None:
+    """The whole training's seconds and tokens up to `checkpoint` (see `_progress_callback`); zeros for a
+    fresh start, None for a checkpoint written before they were recorded."""
+    if checkpoint is None:
+        return dict(_NOTHING_YET)
+    state = read_json(checkpoint / "trainer_state.json").get("stateful_callbacks") or {}
+    saved = state.get("Progress") or {}
+    return (saved.get("attributes") or {}).get("totals")
+
+
+def _whole_loss(result_loss: float, log: list[dict], first_step: int, steps: int) -> float:
+    """The mean training loss over all `steps`: transformers' own figure covers only the steps of the last
+    run, so after a resume from `first_step` the earlier steps' logged losses (one per step) are added back."""
+    if not first_step:
+        return result_loss
+    early = [h["loss"] for h in log if h["step"] <= first_step]
+    if len(early) != first_step:  # not one log per step: the mean of what was logged
+        return sum(h["loss"] for h in log) / len(log)
+    return (sum(early) + result_loss * (steps - first_step)) / steps
+
+
 def _peak_memory_mb() -> float:
     import torch
 
@@ -227,9 +280,12 @@ def _train(cfg: SftConfig, cell_dir: Path, pairs: list[dict], too_long: int, tok
     checkpoints = sorted((p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
                          key=lambda p: int(p.name.split("-")[-1]))
     first_step = int(checkpoints[-1].name.split("-")[-1]) if checkpoints else 0
+    progress = _progress_callback(trainer.data_collator, _progress_before(checkpoints[-1] if checkpoints else None))
+    trainer.add_callback(progress)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     seconds = time.perf_counter() - start
+    whole = progress.totals()  # None: resumed from a checkpoint that predates the record
     peft = cfg.method in ("lora", "qlora")
     out = cell_dir / ("adapter" if peft else "model")
     log = [h for h in trainer.state.log_history if "loss" in h]
@@ -241,12 +297,17 @@ def _train(cfg: SftConfig, cell_dir: Path, pairs: list[dict], too_long: int, tok
             models.merged_model(cfg.student, out, cell_dir / "merged")
         atomic_write_json(cell_dir / "loss.json", log)
     counted = trainer.data_collator
+    steps = trainer.state.global_step
     return {
         "method": cfg.method, "n_train": len(pairs), "too_long": too_long, "resumed": bool(checkpoints),
-        "resumed_from_step": first_step, "steps": trainer.state.global_step, "train_loss": result.training_loss,
-        "final_loss": log[-1]["loss"] if log else None, "train_seconds": seconds,
-        "train_tokens": counted.real, "pad_share": 1 - counted.real / counted.padded if counted.padded else None,
-        "tokens_per_second": counted.real * cfg.num_gpus / seconds if seconds > 0 else None,  # non-padding tokens
+        "resumed_from_step": first_step, "steps": steps,
+        "train_loss": _whole_loss(result.training_loss, log, first_step, steps),
+        "final_loss": log[-1]["loss"] if log else None,
+        # the whole training's (None: unknown, resumed from an older checkpoint); `this_run` has the last run's
+        "train_seconds": whole and whole["seconds"], "train_tokens": whole and whole["tokens"],
+        "pad_share": 1 - whole["tokens"] / whole["padded"] if whole and whole["padded"] else None,
+        **({"this_run": {"from_step": first_step, "seconds": seconds, "tokens": counted.real}} if checkpoints else {}),
+        "tokens_per_second": counted.real * cfg.num_gpus / seconds if seconds > 0 else None,  # non-padding tokens, this run
         "peak_memory_mb": _peak_memory_mb(), "precision": hardware.train_precision(cfg.precision), **trainer.cotlib_speed,
         "quantization": "nf4" if cfg.method == "qlora" else None, "num_gpus": cfg.num_gpus,
         "stop_token": stop, "stop_strategy": why, "saved": out.name,

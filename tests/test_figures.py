@@ -140,3 +140,22 @@ def test_comparison_table_lines_up_ours_with_the_paper():
     assert row.difference == pytest.approx(-3.42) and bool(row.paper_inside_our_ci)
     missing = comp[comp.student == "bloom-3b"]
     assert missing["accuracy"].isna().all() and len(missing) == 3  # the paper's values we did not reproduce show as gaps
+
+
+def test_the_markdown_results_table_carries_each_rows_own_numbers():
+    """results.md, which the README quotes: one line per evaluate cell, its accuracy and interval as percentages,
+    blanks (not 'nan') where an untrained student has no training figures."""
+    from cotlib import results
+
+    table = pd.DataFrame([
+        {"student": "s", "supervision": "base", "n": 300, "accuracy": 0.0333, "ci95_low": 0.0182, "ci95_high": 0.0603,
+         "answer_found": 0.997, "mean_output_tokens": 189.1, "hit_limit": 52, "train_loss": np.nan,
+         "train_tokens": pd.NA, "train_seconds": np.nan},
+        {"student": "s", "supervision": "gpt-4o L2", "n": 300, "accuracy": 0.13, "ci95_low": 0.097, "ci95_high": 0.173,
+         "answer_found": 1.0, "mean_output_tokens": 44.3, "hit_limit": 2, "train_loss": 0.8312,
+         "train_tokens": 75892, "train_seconds": 608.4},
+    ])
+    lines = results.markdown(table).splitlines()
+    assert len(lines) == 4 and "nan" not in "".join(lines).lower()
+    assert lines[2] == "| s | base (untrained) | 300 | 3.3% (1.8-6.0%) | 99.7% | 189 | 52 |  |  |  |"
+    assert lines[3] == "| s | gpt-4o L2 | 300 | 13.0% (9.7-17.3%) | 100.0% | 44 | 2 | 0.831 | 75,892 | 608 |"

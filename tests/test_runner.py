@@ -265,6 +265,8 @@ def test_export_attributes_only_finished_cells_and_figures_redraw_from_it(stub_g
                    for c in g.cells)
     assert sum(code["cells_by_code_version"].values()) == finished
     assert prov["git"] is not None and (out / "results.csv").exists() and (out / "grid").is_dir()
+    rows = (out / "results.csv").read_text().splitlines()[1:]
+    assert len((out / "results.md").read_text().splitlines()) == 2 + len(rows) > 2  # header, rule, a line per row
     for png in out.glob("*.png"):
         png.unlink()
     r = subprocess.run([*cli, "figures", str(out)], capture_output=True, text=True, timeout=300)

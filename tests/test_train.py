@@ -189,8 +189,36 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, embedded_model_di
     cfg = SftConfig(generate_cell="generate/g", max_steps=8, batch_size=2, save_steps=2, learning_rate=1e-3, max_length=128)
     m = run_sft(cfg, cell)
     assert m["resumed"] and m["resumed_from_step"] >= 4 and m["steps"] == 8
-    steps = [h["step"] for h in json.loads((cell / "loss.json").read_text())]
+    log = json.loads((cell / "loss.json").read_text())
+    steps = [h["step"] for h in log]
     assert steps == sorted(set(steps)) and steps[-1] == 8  # the loss curve continues; no step is done twice
+    # the training figures are the whole training's, as if it had not been cut: the same tokens as a run
+    # that never stopped, the seconds of both runs, the mean loss of all 8 steps (not only the last run's)
+    whole = run_sft(cfg, tmp_path / "sft" / "uncut")
+    assert m["train_tokens"] == whole["train_tokens"] > m["this_run"]["tokens"] > 0
+    assert m["train_seconds"] > m["this_run"]["seconds"] > 0
+    assert m["train_loss"] == pytest.approx(sum(h["loss"] for h in log) / 8, rel=1e-4)
+    assert m["train_loss"] == pytest.approx(whole["train_loss"], rel=0.02)
+
+
+def test_a_resume_from_a_checkpoint_without_the_progress_record_says_its_totals_are_unknown(tmp_path, embedded_model_dir):
+    """A checkpoint written before cotlib recorded the whole training's seconds and tokens in it (or by another
+    tool): the run resumes, and reports its own part as this_run, the whole as unknown rather than too small."""
+    _gen_cell(tmp_path, n=8)
+    cell = tmp_path / "sft" / "s"
+    cfg = SftConfig(generate_cell="generate/g", max_steps=4, batch_size=2, save_steps=2, learning_rate=1e-3, max_length=128)
+    run_sft(cfg, cell)
+    ckpt = max((cell / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["stateful_callbacks"].pop("Progress")["attributes"]["totals"]["tokens"] > 0
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    for f in ("metrics.json", "adapter"):
+        p = cell / f
+        import shutil
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    m = run_sft(cfg.model_copy(update={"max_steps": 6}), cell)
+    assert m["resumed_from_step"] == 4 and m["steps"] == 6
+    assert m["train_tokens"] is None and m["train_seconds"] is None and m["this_run"]["tokens"] > 0
 
 
 def test_multi_gpu_runs_through_accelerate_launch(tmp_path, embedded_model_dir):
