@@ -43,7 +43,7 @@ def run_grid(root: Path, n: int, max_new_tokens: int, backend: str, project: Pat
     path = root / "datasets.yaml"
     path.write_text(yaml.safe_dump(grid))
     g = load_grid(path, project_root=root)
-    states = runner.run(g, log=lambda _: None)
+    states = runner.run(g, log=lambda _: None, jobs=2)  # two cells at a time, as `make demo` runs: each is mostly a kernel start
     bad = [(s.cell.name, s.detail) for s in states if s.state != "done"]
     if bad:
         raise RuntimeError(f"cells not done: {bad}")

@@ -24,7 +24,7 @@ def test_real_notebooks_run_the_whole_loop(tmp_project, embedded_model_dir):
     path = tmp_project / "params" / "tiny.yaml"
     path.write_text(yaml.safe_dump(grid))
     g = load_grid(path)
-    states = runner.run(g, log=lambda _: None)
+    states = runner.run(g, log=lambda _: None, jobs=2)  # as `make demo` runs its grid
     assert [s.state for s in states] == ["done"] * len(g.cells), [(s.cell.name, s.detail) for s in states]
 
     for c in g.cells:
