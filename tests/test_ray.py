@@ -29,10 +29,11 @@ def test_ray_runs_in_dependency_order_and_isolates_failures(stub_grid, tmp_proje
 
     monkeypatch.setenv("FAIL_LEVELS", "2")
     g = load_grid(stub_grid)
-    states = {s.cell.name: s.state for s in ray_executor.run(g, log=lambda _: None)}
+    result = ray_executor.run(g, log=lambda _: None)
+    states = {s.cell.name: s.state for s in result}
     gen2 = next(c.name for c in g.cells if c.stage == "generate" and c.config.level == 2)
     assert states[gen2] == "failed"
-    assert sum(s == "blocked" for s in states.values()) == 2
+    assert sum(s == "blocked" for s in states.values()) == 2, [(s.cell.name, s.state, s.detail) for s in result]
     assert sum(s == "done" for s in states.values()) == len(g.cells) - 3
     order = _order(g, tmp_project)
     for c in g.cells:
