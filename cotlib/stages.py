@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from . import cells
 from .environment import Requirement
+from .files import read_json
 from .schemas import EvaluateConfig, FiguresConfig, GenerateConfig, SftConfig, Strict
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class Stage:
     gpus: Callable[[Any, float], float] = lambda cfg, per_stage: per_stage  # what a cell asks an executor for
     input_files: Callable[[Any, Context], dict[str, Path]] = lambda cfg, ctx: {}  # fingerprinted in provenance
     incomplete: Callable[[dict[str, Any]], str | None] = lambda metrics: None  # why a finished cell is not done
+    progress: Callable[[Path], str | None] = lambda cell_dir: None  # how far a cell in flight has got (`cotlib status`)
     # what is wrong with the upstream folders a notebook was handed (run_cell), or None
     check_inputs: Callable[[Any, dict[str, Any]], str | None] = lambda cfg, inputs: None
     soft_deps: bool = False  # runs with whatever upstream cells finished
@@ -96,6 +98,15 @@ def _generate_files(cfg: GenerateConfig, ctx: Context) -> dict[str, Path]:
 def _generate_incomplete(m: dict[str, Any]) -> str | None:
     n = m.get("retryable_failed", 0)
     return f"{n} rows failed and are retried on the next run" if n else None
+
+
+def _generate_progress(cell_dir: Path) -> str | None:
+    try:
+        with open(cell_dir / "records.jsonl", "rb") as f:
+            n = sum(1 for line in f if line.strip())
+    except OSError:
+        return None
+    return f"{n} rows saved"
 
 
 # ---------------------------------------------------------------- sft
@@ -149,6 +160,14 @@ def _sft_inputs(cfg: SftConfig, inputs: dict[str, Any]) -> str | None:
 
 def _sft_files(cfg: SftConfig, ctx: Context) -> dict[str, Path]:
     return {"train": ctx.input("train") / "sft.jsonl"}
+
+
+def _sft_progress(cell_dir: Path) -> str | None:
+    try:
+        p = read_json(cell_dir / cells.TRAIN_PROGRESS)
+        return f"step {p['step']} of {p['max_steps']}, loss {p['loss']:.3f}, at {p['when']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # ---------------------------------------------------------------- evaluate
@@ -253,9 +272,9 @@ def _figures_files(cfg: FiguresConfig, ctx: Context) -> dict[str, Path]:
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("generate", GenerateConfig, "01_generate.ipynb", "cotlib.teachers:run_generate", _expand_generate,
           requirements=_generate_requirements, gpus=_generate_gpus, input_files=_generate_files,
-          incomplete=_generate_incomplete, default_gpus=1.0),
+          incomplete=_generate_incomplete, progress=_generate_progress, default_gpus=1.0),
     Stage("sft", SftConfig, "02_sft.ipynb", "cotlib.train:run_sft", _expand_sft, requirements=_sft_requirements,
-          check_inputs=_sft_inputs, intermediate=True,
+          check_inputs=_sft_inputs, intermediate=True, progress=_sft_progress,
           gpus=lambda cfg, per_stage: cfg.num_gpus * per_stage, input_files=_sft_files, default_gpus=1.0),
     Stage("evaluate", EvaluateConfig, "03_evaluate.ipynb", "cotlib.evaluate:run_evaluate", _expand_evaluate,
           requirements=_evaluate_requirements, input_files=_evaluate_files, check_inputs=_evaluate_inputs,

@@ -7,6 +7,7 @@ One GPU (or the CPU) trains in the notebook's process; `num_gpus > 1` launches t
 
 from __future__ import annotations
 
+import datetime as dt
 import resource
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 
 from . import hardware, models, prompts
+from .cells import TRAIN_PROGRESS
 from .schemas import SftConfig
 from .stages import Context
 from .files import atomic_write_json, read_json, read_jsonl, write_jsonl
@@ -205,11 +207,12 @@ class _TokenCount:
         return batch
 
 
-def _progress_callback(counter: _TokenCount, before: dict[str, float] | None):
+def _progress_callback(counter: _TokenCount, before: dict[str, float] | None, progress_file: Path):
     """A trainer callback whose state, saved inside each checkpoint's trainer_state.json (written last, so a
     checkpoint that counts has it), is the whole training's seconds and tokens so far: a run resumed from
     that checkpoint then reports the whole training, not only its own part. `before`: what the checkpoint
-    resumed from says (None where it predates this record)."""
+    resumed from says (None where it predates this record). Each logged step also rewrites `progress_file`
+    (step, of how many, loss, when), which `cotlib status` shows beside a training cell in flight."""
     from transformers import TrainerCallback
     from transformers.trainer_callback import ExportableState
 
@@ -230,6 +233,12 @@ def _progress_callback(counter: _TokenCount, before: dict[str, float] | None):
             # a state resumed from an older checkpoint has no entry for this callback, which the trainer's
             # checkpointing then fails on (KeyError)
             state.stateful_callbacks.setdefault(type(self).__name__, self.state())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs and state.is_world_process_zero:
+                atomic_write_json(progress_file, {
+                    "step": state.global_step, "max_steps": state.max_steps, "loss": logs["loss"],
+                    "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
 
     return Progress()
 
@@ -280,7 +289,8 @@ def _train(cfg: SftConfig, cell_dir: Path, pairs: list[dict], too_long: int, tok
     checkpoints = sorted((p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
                          key=lambda p: int(p.name.split("-")[-1]))
     first_step = int(checkpoints[-1].name.split("-")[-1]) if checkpoints else 0
-    progress = _progress_callback(trainer.data_collator, _progress_before(checkpoints[-1] if checkpoints else None))
+    progress = _progress_callback(trainer.data_collator, _progress_before(checkpoints[-1] if checkpoints else None),
+                                  cell_dir / TRAIN_PROGRESS)
     trainer.add_callback(progress)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)

@@ -216,6 +216,8 @@ def test_a_second_run_of_a_grid_stops_naming_the_first_and_a_killed_runs_lock_do
         first = spawn("run", grid)
         wait_for(lambda: srv.actions or srv.attempts, 180, "the first run's first request", first)  # it is inside its cell
         (cell,) = cell_dirs(tmp_project, "twice", "generate")
+        in_flight = status(grid)[f"generate/{cell.name}"]  # `cotlib status` beside the run: the cell is running,
+        kernel = json.loads((cell / ".cell.lock.holder").read_text())["pid"]  # in the first run's kernel
 
         second = cotlib("run", grid)
         # a papermill user running the same cell by hand meets the cell's own lock, held by the first run's kernel
@@ -229,6 +231,8 @@ def test_a_second_run_of_a_grid_stops_naming_the_first_and_a_killed_runs_lock_do
         out, err = first.communicate(timeout=300)
 
     assert first.returncode == 0, out + err
+    assert in_flight["state"] == "running", in_flight  # before: pending
+    assert in_flight["detail"].startswith(f"pid {kernel} on {socket.gethostname()}, since "), in_flight
     assert second.returncode == 2, second.stdout + second.stderr  # before: both exited 0
     assert f"is in use by pid {first.pid} on {socket.gethostname()}, since " in second.stderr
     assert papermill.returncode != 0 and "is in use by pid" in papermill.stdout + papermill.stderr
@@ -246,6 +250,7 @@ def test_a_second_run_of_a_grid_stops_naming_the_first_and_a_killed_runs_lock_do
         (new_cell,) = [c for c in cell_dirs(tmp_project, "twice", "generate") if c != cell]
         wait_gone(json.loads((new_cell / ".cell.lock.holder").read_text())["pid"])  # its orphaned kernel exits too
         assert (tmp_project / "outputs" / "twice" / ".grid.lock.holder").exists()  # left behind by the kill
+        assert status(grid)[f"generate/{new_cell.name}"]["state"] == "pending"  # its holder file is dead, not running
         saved = {r["question"] for r in rows(new_cell).values()}
         again = cotlib("run", grid)
     assert again.returncode == 0, again.stdout + again.stderr

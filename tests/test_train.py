@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from safetensors.torch import load_file
 from cotlib import cells, models, prompts
 from cotlib.files import write_jsonl
 from cotlib.schemas import SftConfig
-from cotlib.stages import run_cell
+from cotlib.stages import STAGES, run_cell
 from cotlib.train import TrainError, check_method
 
 
@@ -184,8 +185,14 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, embedded_model_di
     deadline = time.time() + 300
     while time.time() < deadline and not (cell / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
         time.sleep(0.5)
+    # in flight, the cell names who trains it and how far it has got (what `cotlib status` shows)
+    holder, how_far = cells.holder(cell), STAGES["sft"].progress(cell)
     child.send_signal(signal.SIGKILL)
     child.wait()
+    assert holder is not None and holder["pid"] == child.pid, holder
+    assert how_far is not None and re.fullmatch(r"step [4-8] of 8, loss \d+\.\d{3}, at \S+", how_far), how_far
+    assert cells.holder(cell) is None  # the killed holder's file is left behind, but nobody holds the cell
+    assert (cell / ".cell.lock.holder").exists()
     assert list((cell / "checkpoints").glob("checkpoint-*")) and not (cell / "adapter").exists()
     cfg = SftConfig(generate_cell="generate/g", max_steps=8, batch_size=2, save_steps=2, learning_rate=1e-3, max_length=128)
     m = run_sft(cfg, cell)
