@@ -125,11 +125,27 @@ def _parameters(grid: Grid, cell: Cell) -> dict:
 
 
 def _logged_kernel(log_path: Path):
-    """A kernel manager whose kernel writes its own stdout/stderr (start-up warnings such as 'running over
-    TCP without encryption', native libraries' messages) to the cell's kernel.log, not the grid's console."""
+    """A kernel manager whose kernel writes its own stdout/stderr (native libraries' messages) to the cell's
+    kernel.log, not the grid's console, and talks to it over Unix sockets in a folder of its own. Over TCP,
+    jupyter_client picks "free" ports by binding and releasing them before the kernel binds them, so two
+    kernels started at once by two processes (`--jobs`) can be handed the same port, and one dies before it
+    runs anything (papermill issue 511): a cell failed, and its readers were blocked, for no fault of its own."""
+    import shutil
+    import tempfile
+
     from jupyter_client.manager import AsyncKernelManager
 
     class LoggedKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.transport = "ipc"  # the sockets are files: <folder>/k-1, k-2, ... (short: a socket path has 107 bytes)
+            self.ip = str(Path(tempfile.mkdtemp(prefix="cotlib-kernel-")) / "k")
+
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart=restart)
+            if not restart:  # a restarted kernel binds its sockets in the same folder again
+                shutil.rmtree(Path(self.ip).parent, ignore_errors=True)
+
         async def _async_launch_kernel(self, kernel_cmd, **kw):
             with open(log_path, "ab") as fh:  # the kernel process keeps its own copy of the descriptor
                 kw["stdout"] = kw["stderr"] = fh
@@ -313,7 +329,9 @@ def _run_locked(grid: Grid, log: Callable[[str], None], execute: Callable[[Grid,
     Either way a cell starts only when its upstream cells have settled (`_next_cell` says which next).
     A worker process that dies (killed, or out of memory) takes the pool with it, and with it every cell in
     flight, without saying which one it was running: those cells are retried one by one, each alone in a
-    fresh pool, and only one that kills its worker again, running alone, is recorded as failed."""
+    fresh pool, and only one that kills its worker again, running alone, is recorded as failed. A cell
+    whose worker died while no other cell was in flight is retried alone too: a cell beside it may have
+    finished in the same instant (the two arrive together), so "alone" is only known for the retry."""
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
     from multiprocessing import get_context
@@ -342,14 +360,13 @@ def _run_locked(grid: Grid, log: Callable[[str], None], execute: Callable[[Grid,
 
     def settle_dead_worker(cell: Cell, t0: float, in_flight: int) -> None:
         took = time.perf_counter() - t0
-        if cell.name not in alone and in_flight > 1:
+        if cell.name not in alone:
             alone.add(cell.name)
             todo.append(cell)
-            bar.write(f"{cell.name}: a worker process died after {took:.0f}s with this cell among {in_flight} "
-                      "in flight; retrying it alone")
+            others = f" with {in_flight - 1} other cell(s) in flight" if in_flight > 1 else ""
+            bar.write(f"{cell.name}: a worker process died after {took:.0f}s{others}; retrying it alone")
             return
-        summary = ("its worker process died (killed, or out of memory?) while it ran"
-                   + (" alone" if in_flight == 1 else ""))
+        summary = "its worker process died (killed, or out of memory?) while it ran alone"
         unwritten = cells.record_error(grid.cell_dir(cell), summary)
         st = CellState(cell, "failed", summary + (f" ({unwritten})" if unwritten else ""))
         settle(st, _outcome(grid, st, took))

@@ -176,7 +176,7 @@ def test_jobs_runs_ready_cells_side_by_side_with_the_outcome_of_one_at_a_time(st
     assert run.returncode == 1 and "__L3__cot__" in run.stderr
     g = load_grid(stub_grid)
     states = {s.cell.name: s.state for s in runner.status(g)}
-    assert sum(v == "done" for v in states.values()) == 8  # as test_cli_exits_nonzero_naming_failed_cells... finds
+    assert sum(v == "done" for v in states.values()) == 8, (states, run.stdout + run.stderr)  # as test_cli_exits_nonzero_naming_failed_cells... finds
     assert sorted(c.stage for c in g.cells if states[c.name] == "blocked") == ["evaluate", "sft"]
     lines = [ln for ln in (run.stdout + run.stderr).replace("\r", "\n").splitlines() if re.match(r"\[\d+/11\] ", ln)]
     assert sorted(int(ln[1:ln.index("/")]) for ln in lines) == list(range(1, 12))  # each cell settled once
@@ -199,7 +199,7 @@ def test_jobs_a_killed_worker_fails_only_its_own_cell_and_a_rerun_resumes(stub_g
     run = subprocess.run([*cli, "run", str(stub_grid), "--jobs", "2"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 1, run.stderr[-2000:]
     console = run.stdout + run.stderr
-    assert "retrying it alone" in console and "BrokenProcessPool" not in console
+    assert "retrying it alone" in console and "BrokenProcessPool" not in console, console
     g = load_grid(stub_grid)
     states = {s.cell.name: s for s in runner.status(g)}
     failed = [s for s in states.values() if s.state == "failed"]
@@ -210,6 +210,38 @@ def test_jobs_a_killed_worker_fails_only_its_own_cell_and_a_rerun_resumes(stub_g
     again = subprocess.run([*cli, "run", str(stub_grid), "--jobs", "2"], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert all(s.state == "done" for s in runner.status(g))
+
+
+def _kernel_sockets(out_dir: str) -> str:
+    """Run a one-cell notebook with the runner's kernel manager; what the kernel says it listens on."""
+    import papermill as pm
+
+    nb = new_notebook(cells=[new_code_cell(
+        "from ipykernel.kernelapp import IPKernelApp\napp = IPKernelApp.instance()\nprint(app.transport, app.ip)")])
+    nb.metadata["kernelspec"] = {"name": "cotlib", "display_name": "Python (cotlib)", "language": "python"}
+    src = Path(out_dir) / "in.ipynb"
+    nbformat.write(nb, src)
+    pm.execute_notebook(str(src), str(Path(out_dir) / "out.ipynb"), kernel_name="cotlib", progress_bar=False,
+                        kernel_manager_class=runner._logged_kernel(Path(out_dir) / "kernel.log"))
+    return nbformat.read(Path(out_dir) / "out.ipynb", as_version=4).cells[0].outputs[0]["text"].strip()
+
+
+def test_kernels_started_at_once_by_separate_processes_do_not_share_sockets(tmp_path):
+    """Under --jobs two processes start kernels at the same instant. Over TCP, jupyter_client hands out ports
+    it has just seen free, so two kernels could be given the same one and one die before it ran anything
+    (a cell failed and its readers blocked on CI). The runner's kernels listen on Unix sockets in a folder
+    of their own, removed when the kernel shuts down."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    dirs = [tmp_path / f"k{i}" for i in range(4)]
+    for d in dirs:
+        d.mkdir()
+    with ProcessPoolExecutor(4, mp_context=get_context("spawn")) as pool:
+        said = list(pool.map(_kernel_sockets, [str(d) for d in dirs]))
+    transports, ips = zip(*(s.split(" ", 1) for s in said))
+    assert set(transports) == {"ipc"} and len({Path(ip).parent for ip in ips}) == 4, said
+    assert not any(Path(ip).parent.exists() for ip in ips), "a kernel's socket folder outlived it"
 
 
 def test_validation_fails_before_any_kernel_starts(tmp_project, monkeypatch):
