@@ -155,10 +155,16 @@ def comparable(table: pd.DataFrame, key: str) -> pd.DataFrame:
     return pd.concat(keep) if keep else ours.iloc[0:0]
 
 
-def _bars(table: pd.DataFrame, key: str, stem: str, title: str, out_dir: Path, formats: list[str]) -> Drawn:
+def _bars(table: pd.DataFrame, key: str, stem: str, title: str, out_dir: Path, formats: list[str],
+          paired: pd.DataFrame | None = None) -> Drawn:
     """Grouped bars, one per cell (x: student, hue: `key`), with 95% CIs; each student's base and
-    answer-only cells as reference ticks."""
+    answer-only cells as reference ticks; a hatched bar where the cell is significantly below the student's
+    best in this comparison (exact McNemar, Holm within the student's `key` family of `paired_table`)."""
+    from matplotlib.patches import Patch
+
     ours = _ours(table)
+    family = paired[paired["group"].str.endswith(f" / {key}s")] if paired is not None and not paired.empty else None
+    family = None if family is None or family.empty else family  # no test of this comparison: no marker promised
     cells = comparable(ours, key)
     fig, axes = plt.subplots(1, max(1, cells["dataset"].nunique()), figsize=(6.4 * max(1, cells["dataset"].nunique()), 3.8),
                              squeeze=False)
@@ -176,6 +182,7 @@ def _bars(table: pd.DataFrame, key: str, stem: str, title: str, out_dir: Path, f
     for ax, (ds, d) in zip(axes[0], cells.groupby("dataset")):
         students = sorted(d["student"].unique())
         width = 0.8 / len(hues)
+        below = set().union(*(_significant_below_best(family, d[d["student"] == st]) for st in students))
         for i, hue in enumerate(hues):
             for j, st in enumerate(students):
                 r = d[(d["student"] == st) & (d[key] == hue)]
@@ -183,33 +190,41 @@ def _bars(table: pd.DataFrame, key: str, stem: str, title: str, out_dir: Path, f
                     continue
                 r = r.iloc[0]
                 x = j - 0.4 + width * (i + 0.5)
-                ax.bar(x, r["accuracy"], width, color=colours[hue], label=hue if j == 0 or hue not in ax.get_legend_handles_labels()[1] else None,
-                       yerr=[[r["accuracy"] - r["ci95_low"]], [r["ci95_high"] - r["accuracy"]]], capsize=2)
+                ax.bar(x, r["accuracy"], width, color=colours[hue], label=hue if hue not in ax.get_legend_handles_labels()[1] else None,
+                       yerr=[[r["accuracy"] - r["ci95_low"]], [r["ci95_high"] - r["accuracy"]]], capsize=2,
+                       hatch="///" if r["cell"] in below else None, edgecolor="white" if r["cell"] in below else None)
                 drawn.append({"dataset": ds, "student": st, key: hue, "level": r["level"], "value": r["accuracy"],
-                              "ci95_low": r["ci95_low"], "ci95_high": r["ci95_high"], "cell": r["cell"]})
+                              "ci95_low": r["ci95_low"], "ci95_high": r["ci95_high"], "cell": r["cell"],
+                              "below_best": r["cell"] in below})
         refs = ours[(ours["dataset"] == ds) & ((ours["method"] == "base") | (ours["teacher"] == "answer-only"))]
         for j, st in enumerate(students):
             for r in refs[refs["student"] == st].itertuples():
                 kind = "base" if r.method == "base" else "answer-only"
+                label = f"{kind} (per student)"
                 ax.hlines(r.accuracy, j - 0.45, j + 0.45, colors="black", linestyles="--" if kind == "base" else "-.", lw=1,
-                          label=f"{kind} (per student)" if kind not in ax.get_legend_handles_labels()[1][-2:] else None)
+                          label=label if label not in ax.get_legend_handles_labels()[1] else None)
+
         levels = sorted({int(v) for v in d["level"].dropna()})
         ax.set(xticks=range(len(students)), xticklabels=students, ylabel="accuracy (%)",
                title=f"{ds}: {title} (level {', '.join(map(str, levels))}; error bars: 95% CI)")
         ax.title.set_fontsize(9)
-        ax.legend(fontsize=7, title=key, title_fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        handles, labels = ax.get_legend_handles_labels()
+        if family is not None:
+            handles.append(Patch(facecolor="grey", edgecolor="white", hatch="///"))
+            labels.append("significantly below the\nstudent's best here\n(exact McNemar, Holm)")
+        ax.legend(handles, labels, fontsize=7, title=key, title_fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, out_dir, stem, formats, pd.DataFrame(drawn))
 
 
-def format_comparison(table: pd.DataFrame, out_dir: Path, formats: list[str]) -> Drawn:
+def format_comparison(table: pd.DataFrame, out_dir: Path, formats: list[str], paired: pd.DataFrame | None = None) -> Drawn:
     """CoT formats (plain, BSM, RaR, SYM) at one level and teacher: the paper finds format matters little for SLMs."""
-    return _bars(table, "format", "format_comparison", "accuracy by CoT format", out_dir, formats)
+    return _bars(table, "format", "format_comparison", "accuracy by CoT format", out_dir, formats, paired)
 
 
-def teacher_comparison(table: pd.DataFrame, out_dir: Path, formats: list[str]) -> Drawn:
+def teacher_comparison(table: pd.DataFrame, out_dir: Path, formats: list[str], paired: pd.DataFrame | None = None) -> Drawn:
     """Teachers at one level, with the human annotations: the paper finds stronger teachers do not always
     give better students."""
-    return _bars(table, "teacher", "teacher_comparison", "accuracy by teacher", out_dir, formats)
+    return _bars(table, "teacher", "teacher_comparison", "accuracy by teacher", out_dir, formats, paired)
 
 
 def supervision(generated: pd.DataFrame, out_dir: Path, formats: list[str]) -> Drawn:
@@ -295,8 +310,8 @@ def draw_all(table: pd.DataFrame, out_dir: Path, formats: list[str], correct: di
     paper = paper_results()
     paired = paired_table(table, correct) if correct else None
     files: list[Path] = []
-    draws = [lambda: accuracy_vs_level(table, paper, out_dir, formats, paired), lambda: format_comparison(table, out_dir, formats),
-             lambda: teacher_comparison(table, out_dir, formats), lambda: padding_ablation(paper, out_dir, formats)]
+    draws = [lambda: accuracy_vs_level(table, paper, out_dir, formats, paired), lambda: format_comparison(table, out_dir, formats, paired),
+             lambda: teacher_comparison(table, out_dir, formats, paired), lambda: padding_ablation(paper, out_dir, formats)]
     if generated is not None and not generated.empty:
         draws.append(lambda: supervision(generated, out_dir, formats))
     for draw in draws:

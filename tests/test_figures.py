@@ -101,6 +101,25 @@ def test_bar_figures_draw_one_bar_per_comparable_cell_with_its_interval(tmp_path
     assert refs  # the student's base cell is drawn as a reference
 
 
+def test_bar_figures_hatch_a_cell_significantly_below_the_students_best(tmp_path):
+    table = _table()
+    table.loc[table.cell == "evaluate/fsym", ["accuracy", "ci95_low", "ci95_high"]] = [0.30, 0.21, 0.40]
+    qs = [f"q{i}" for i in range(100)]
+    correct = {c: {q: i < round(100 * a) for i, q in enumerate(qs)} for c, a in zip(table["cell"], table["accuracy"])}
+    paired = figures.paired_table(table, correct)
+    d = figures.format_comparison(table, tmp_path, ["png"], paired)
+    # rar 52% is the best; sym 30% has 22 questions right only under rar and none the other way; cot 50% has 2
+    assert dict(zip(d.data["format"], d.data["below_best"])) == {"cot": False, "rar": False, "sym": True}
+    ax = d.figure.axes[0]
+    assert [round(p.get_height(), 6) for p in ax.patches if p.get_hatch()] == [30.0]  # drawn in percent
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("significantly below") for t in labels)
+    assert labels.count("base (per student)") == 1  # one entry per kind of reference line, not one per student
+    plain = figures.format_comparison(table, tmp_path, ["png"])  # no paired tests given: nothing hatched, no promise
+    assert not any(p.get_hatch() for p in plain.figure.axes[0].patches)
+    assert not any(t.get_text().startswith("significantly") for t in plain.figure.axes[0].get_legend().get_texts())
+
+
 def test_exact_mcnemar_and_holm_give_the_textbook_results():
     from cotlib import stats
 
