@@ -103,9 +103,27 @@ NOTEBOOKS = {
                  'show.summary("figures", metrics, cell_dir)'),
         ("md", "## Accuracy against granularity level\nOur cells (solid, 95% CI), the paper's reported values where known (dotted)."),
         ("code", 'display(Image(f"{cell_dir}/accuracy_vs_level.png"))'),
-        ("md", "## Formats, teachers, and the paper's padding ablation"),
+        ("md", "## Formats, teachers, and the paper's padding ablation\nOne bar per cell that differs from the "
+               "others only in its format (or teacher), 95% CI; a hatched bar is significantly below the student's "
+               "best in that comparison (the paired tests below)."),
         ("code", 'for name in ("format_comparison", "teacher_comparison", "paper_padding_ablation"):\n'
                  '    display(Image(f"{cell_dir}/{name}.png"))'),
+        ("md", "## Which differences the data carry: paired tests\nEvery cell is scored on the same questions, so "
+               "each pair of a student's cells within a family (its levels with answer-only; its teachers at one "
+               "level, with human; its formats) gets an exact McNemar test on the questions only one of them got "
+               "right, Holm-corrected within the family. Significant pairs first."),
+        ("code", 'import os\n\n'
+                 'if os.path.exists(f"{cell_dir}/paired.csv"):\n'
+                 '    paired = pd.read_csv(f"{cell_dir}/paired.csv").sort_values(["significant", "p_holm"], ascending=[False, True])\n'
+                 '    display(show.table(paired, empty="no family with two or more cells yet"))\n'
+                 'else:\n'
+                 '    print("no per-question records among the inputs: no paired tests")'),
+        ("md", "## What the students were taught\nThe teachers' own accuracy on the training questions and their CoT "
+               "length, per level, from the generate cells' rows."),
+        ("code", 'if os.path.exists(f"{cell_dir}/supervision.png"):\n'
+                 '    display(Image(f"{cell_dir}/supervision.png"))\n'
+                 'else:\n'
+                 '    print("no generate cells among the inputs")'),
         ("md", "## Our cells beside the paper's numbers\nEmpty `accuracy`: a paper value we have not reproduced yet."),
         ("code", 'show.table(pd.read_csv(f"{cell_dir}/paper_vs_ours.csv"))'),
         ("md", "## The results table these figures read"),
