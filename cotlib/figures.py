@@ -100,17 +100,23 @@ def accuracy_vs_level(table: pd.DataFrame, paper: pd.DataFrame, out_dir: Path, f
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 3.9), squeeze=False)
     students = sorted(set(ours["student"].dropna()) | set(ref["student"].dropna()))
     palette = dict(zip(students, sns.color_palette("colorblind", max(3, len(students)))))
+    # one marker per teacher (the one with the most levels: a circle), so a student's single-level cells of
+    # other teachers (the teacher axis) do not read as points of its curve
+    by_levels = trained.groupby("teacher")["level"].nunique().sort_values(ascending=False, kind="stable")
+    marker = dict(zip(by_levels.index, ["o", "s", "^", "D", "v", "P", "X"] * 3))
+    shift = {t: 0.12 * i for i, t in enumerate(by_levels.index)}  # side by side at a shared level, not on top
     drawn = []
     for ax, ds in zip(axes[0], datasets):
         for (student, teacher), g in trained[trained["dataset"] == ds].groupby(["student", "teacher"]):
             g = g.sort_values("level")
-            x, y = g["level"].to_numpy(dtype=float), g["accuracy"].to_numpy(dtype=float)
+            x, y = g["level"].to_numpy(dtype=float) + shift[teacher], g["accuracy"].to_numpy(dtype=float)
             ax.errorbar(x, y, yerr=[y - g["ci95_low"].to_numpy(dtype=float), g["ci95_high"].to_numpy(dtype=float) - y],
-                        marker="o", capsize=3, color=palette[student], label=f"ours: {student} ({teacher})")
+                        marker=marker[teacher], capsize=3, color=palette[student], label=f"ours: {student} ({teacher})",
+                        mfc=palette[student] if marker[teacher] == "o" else "none")
             below = _significant_below_best(paired, g)
             for r in g.itertuples():
                 if r.cell in below:
-                    ax.plot([r.level], [r.accuracy], "o", ms=9, mfc="white", mec=palette[student], zorder=5)
+                    ax.plot([r.level + shift[teacher]], [r.accuracy], marker[teacher], ms=9, mfc="white", mec=palette[student], zorder=5)
             drawn += [{"dataset": ds, "series": "ours", "student": student, "teacher": teacher, "level": int(r.level),
                        "value": r.accuracy, "below_best": r.cell in below} for r in g.itertuples()]
         for (student, teacher), g in ref[ref["dataset"] == ds].groupby(["student", "teacher"]):
