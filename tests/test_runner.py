@@ -443,3 +443,11 @@ def test_the_committed_study_export_restores_into_the_study_grid(tmp_project, pr
     if form == "as committed":  # restored twice, the legacy cells keep the code versions their first export named
         code = {f: json.loads((f / "code.json").read_text()) for f in (committed, again)}
         assert code[again]["earlier_export_code_versions"] == code[committed]["earlier_export_code_versions"]
+        # a newcomer's one command: every figure again from a copy of the committed folder alone
+        copy = shutil.copytree(committed, tmp_project / "newcomer")
+        for f in copy.glob("*.png"):
+            f.unlink()
+        r = _cli("figures", str(copy), cwd=tmp_project)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert {f.name for f in copy.glob("*.png")} == {f.name for f in committed.glob("*.png")}
+        pd.testing.assert_frame_equal(pd.read_csv(copy / "paired.csv"), pd.read_csv(committed / "paired.csv"))
