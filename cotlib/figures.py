@@ -238,7 +238,9 @@ def supervision(generated: pd.DataFrame, out_dir: Path, formats: list[str]) -> D
     CoT words, per level (unlevelled sets at the right)."""
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.4))
     g = generated.copy()
-    g["x"] = g["level"].astype("float").fillna(7.0)
+    unlevelled = list(dict.fromkeys(g.loc[g["level"].isna(), "teacher"]))  # side by side at "none", not on top
+    g["x"] = g["level"].astype("float").fillna(g["teacher"].map({t: 7.0 + 0.15 * i for i, t in enumerate(unlevelled)}))
+    shapes = {"cot": "o", "bsm": "s", "rar": "^", "sym": "D"}
     teachers = list(dict.fromkeys(g["teacher"]))
     colours = dict(zip(teachers, sns.color_palette("colorblind", max(3, len(teachers)))))
     drawn = []
@@ -246,7 +248,7 @@ def supervision(generated: pd.DataFrame, out_dir: Path, formats: list[str]) -> D
         for (teacher, fmt), d in g.groupby(["teacher", "format"]):
             d = d.sort_values("x")
             y = d[col].astype(float) * (100 if col == "teacher_accuracy" else 1)
-            ax.plot(d["x"], y, marker="o" if fmt == "cot" else "s", ls="-" if fmt == "cot" and len(d) > 1 else "none",
+            ax.plot(d["x"], y, marker=shapes.get(fmt, "P"), ls="-" if fmt == "cot" and len(d) > 1 else "none",
                     color=colours[teacher], label=f"{teacher} ({fmt})" if fmt != "cot" else teacher)
             drawn += [{"teacher": teacher, "format": fmt, "level": r.level, "metric": col, "value": v}
                       for r, v in zip(d.itertuples(), y)]
