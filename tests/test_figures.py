@@ -178,3 +178,20 @@ def test_the_markdown_results_table_carries_each_rows_own_numbers():
     assert len(lines) == 4 and "nan" not in "".join(lines).lower()
     assert lines[2] == "| s | base (untrained) | 300 | 3.3% (1.8-6.0%) | 99.7% | 189 | 52 |  |  |  |"
     assert lines[3] == "| s | gpt-4o L2 | 300 | 13.0% (9.7-17.3%) | 100.0% | 44 | 2 | 0.831 | 75,892 | 608 |"
+
+
+def test_supervision_figure_draws_each_sets_teacher_accuracy_and_length_distinguishably(tmp_path):
+    rows = [("gpt-4o", 1, "cot", 0.98, 35.0), ("gpt-4o", 3, "cot", 0.97, 50.0), ("gpt-4o", 3, "bsm", 0.96, 83.0),
+            ("gpt-4o", 3, "rar", 0.95, 91.0), ("human", None, "cot", 1.0, 10.0), ("answer-only", None, "cot", 1.0, 1.0)]
+    generated = pd.DataFrame(rows, columns=["teacher", "level", "format", "teacher_accuracy", "mean_cot_words"])
+    d = figures.supervision(generated, tmp_path, ["png"])
+    assert d.paths[0].exists()
+    acc = d.data[d.data.metric == "teacher_accuracy"]
+    assert acc["value"].tolist() == pytest.approx([v * 100 for v in acc.merge(generated)["teacher_accuracy"]])
+    words = d.data[d.data.metric == "mean_cot_words"]
+    assert sorted(words["value"]) == sorted(generated["mean_cot_words"])
+    left = d.figure.axes[0]
+    shapes = {ln.get_label(): ln.get_marker() for ln in left.get_lines()}
+    assert len({shapes["gpt-4o"], shapes["gpt-4o (bsm)"], shapes["gpt-4o (rar)"]}) == 3  # formats tell apart
+    at_none = [ln.get_xdata()[0] for ln in left.get_lines() if ln.get_label() in ("human", "answer-only")]
+    assert len(set(at_none)) == 2  # the two unlevelled sets side by side, not one over the other
