@@ -209,7 +209,6 @@ def _bars(table: pd.DataFrame, key: str, stem: str, title: str, out_dir: Path, f
                 label = f"{kind} (per student)"
                 ax.hlines(r.accuracy, j - 0.45, j + 0.45, colors="black", linestyles="--" if kind == "base" else "-.", lw=1,
                           label=label if label not in ax.get_legend_handles_labels()[1] else None)
-
         levels = sorted({int(v) for v in d["level"].dropna()})
         ax.set(xticks=range(len(students)), xticklabels=students, ylabel="accuracy (%)",
                title=f"{ds}: {title} (level {', '.join(map(str, levels))}; error bars: 95% CI)")

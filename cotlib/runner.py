@@ -130,6 +130,7 @@ def _logged_kernel(log_path: Path):
     jupyter_client picks "free" ports by binding and releasing them before the kernel binds them, so two
     kernels started at once by two processes (`--jobs`) can be handed the same port, and one dies before it
     runs anything (papermill issue 511): a cell failed, and its readers were blocked, for no fault of its own."""
+    import os
     import shutil
     import tempfile
 
@@ -138,12 +139,13 @@ def _logged_kernel(log_path: Path):
     class LoggedKernelManager(AsyncKernelManager):
         def __init__(self, **kw):
             super().__init__(**kw)
-            self.transport = "ipc"  # the sockets are files: <folder>/k-1, k-2, ... (short: a socket path has 107 bytes)
-            self.ip = str(Path(tempfile.mkdtemp(prefix="cotlib-kernel-")) / "k")
+            if os.name == "posix":  # Unix sockets; elsewhere TCP as before
+                self.transport = "ipc"  # the sockets are files <folder>/k-1, k-2, ... (short: at most 107 bytes)
+                self.ip = str(Path(tempfile.mkdtemp(prefix="cotlib-kernel-")) / "k")
 
         async def _async_cleanup_resources(self, restart: bool = False) -> None:
             await super()._async_cleanup_resources(restart=restart)
-            if not restart:  # a restarted kernel binds its sockets in the same folder again
+            if self.transport == "ipc" and not restart:  # a restarted kernel binds in the same folder again
                 shutil.rmtree(Path(self.ip).parent, ignore_errors=True)
 
         async def _async_launch_kernel(self, kernel_cmd, **kw):
