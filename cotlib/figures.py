@@ -7,6 +7,8 @@ stable file names.
 
 from __future__ import annotations
 
+import itertools
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,16 +105,16 @@ def accuracy_vs_level(table: pd.DataFrame, paper: pd.DataFrame, out_dir: Path, f
     # one marker per teacher (the one with the most levels: a circle), so a student's single-level cells of
     # other teachers (the teacher axis) do not read as points of its curve
     by_levels = trained.groupby("teacher")["level"].nunique().sort_values(ascending=False, kind="stable")
-    marker = dict(zip(by_levels.index, ["o", "s", "^", "D", "v", "P", "X"] * 3))
-    shift = {t: 0.12 * i for i, t in enumerate(by_levels.index)}  # side by side at a shared level, not on top
+    marker = dict(zip(by_levels.index, itertools.cycle(["o", "s", "^", "D", "v", "P", "X"])))
+    # side by side at a shared level, not on top: the main teacher on the level, the others 0.12 apart either side
+    shift = {t: 0.12 * ((i + 1) // 2) * (1 if i % 2 else -1) for i, t in enumerate(by_levels.index)}
     drawn = []
     for ax, ds in zip(axes[0], datasets):
         for (student, teacher), g in trained[trained["dataset"] == ds].groupby(["student", "teacher"]):
             g = g.sort_values("level")
             x, y = g["level"].to_numpy(dtype=float) + shift[teacher], g["accuracy"].to_numpy(dtype=float)
             ax.errorbar(x, y, yerr=[y - g["ci95_low"].to_numpy(dtype=float), g["ci95_high"].to_numpy(dtype=float) - y],
-                        marker=marker[teacher], capsize=3, color=palette[student], label=f"ours: {student} ({teacher})",
-                        mfc=palette[student] if marker[teacher] == "o" else "none")
+                        marker=marker[teacher], capsize=3, color=palette[student], label=f"ours: {student} ({teacher})")
             below = _significant_below_best(paired, g)
             for r in g.itertuples():
                 if r.cell in below:
@@ -180,7 +182,7 @@ def _bars(table: pd.DataFrame, key: str, stem: str, title: str, out_dir: Path, f
                 transform=ax.transAxes)
         ax.set_axis_off()
         return _save(fig, out_dir, stem, formats, pd.DataFrame(columns=["dataset", "student", key, "level", "value",
-                                                                        "ci95_low", "ci95_high", "cell"]))
+                                                                        "ci95_low", "ci95_high", "cell", "below_best"]))
     cells = cells.assign(**{key: cells[key].fillna("human")})
     hues = list(dict.fromkeys(cells.sort_values("level", na_position="last")[key]))
     colours = dict(zip(hues, sns.color_palette("colorblind", max(3, len(hues)))))
@@ -214,7 +216,7 @@ def _bars(table: pd.DataFrame, key: str, stem: str, title: str, out_dir: Path, f
                title=f"{ds}: {title} (level {', '.join(map(str, levels))}; error bars: 95% CI)")
         ax.title.set_fontsize(9)
         handles, labels = ax.get_legend_handles_labels()
-        if family is not None:
+        if family is not None and family["group"].str.startswith(f"{ds} / ").any():  # this panel's cells were tested
             handles.append(Patch(facecolor="grey", edgecolor="white", hatch="///"))
             labels.append("significantly below the\nstudent's best here\n(exact McNemar, Holm)")
         ax.legend(handles, labels, fontsize=7, title=key, title_fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -298,8 +300,9 @@ def paired_table(table: pd.DataFrame, correct: dict[str, dict[str, bool]]) -> pd
     ours = _groups(table)
     families: dict[str, list[str]] = {}
     for (ds, st), g in ours[ours["method"] != "base"].groupby(["dataset", "student"]):
-        levels = g[(g["level"].notna() & (g["format"] == "cot") & (g["teacher"] == g["teacher"].mode().iloc[0]))
-                   | (g["teacher"] == "answer-only")]
+        levelled = g[g["level"].notna() & (g["format"] == "cot")]
+        main = levelled.groupby("teacher")["level"].nunique().idxmax() if not levelled.empty else None  # most levels
+        levels = g[(g["level"].notna() & (g["format"] == "cot") & (g["teacher"] == main)) | (g["teacher"] == "answer-only")]
         families[f"{ds} / {st} / levels"] = list(levels["cell"])
         for key in ("teacher", "format"):
             cells = comparable(g, key)

@@ -137,16 +137,20 @@ def _logged_kernel(log_path: Path):
     from jupyter_client.manager import AsyncKernelManager
 
     class LoggedKernelManager(AsyncKernelManager):
-        def __init__(self, **kw):
-            super().__init__(**kw)
-            if os.name == "posix":  # Unix sockets; elsewhere TCP as before
-                self.transport = "ipc"  # the sockets are files <folder>/k-1, k-2, ... (short: at most 107 bytes)
-                self.ip = str(Path(tempfile.mkdtemp(prefix="cotlib-kernel-")) / "k")
+        async def _async_pre_start_kernel(self, **kw):
+            if os.name == "posix" and self.transport != "ipc":  # Unix sockets; elsewhere TCP as before
+                tmp = tempfile.gettempdir()  # a socket's path has at most 104-107 bytes: a long $TMPDIR would not fit
+                folder = tempfile.mkdtemp(prefix="cotlib-kernel-", dir=tmp if len(tmp) <= 64 else "/tmp")
+                self.transport, self.ip = "ipc", str(Path(folder) / "k")  # sockets <folder>/k-1, k-2, ...
+            return await super()._async_pre_start_kernel(**kw)
 
         async def _async_cleanup_resources(self, restart: bool = False) -> None:
             await super()._async_cleanup_resources(restart=restart)
             if self.transport == "ipc" and not restart:  # a restarted kernel binds in the same folder again
                 shutil.rmtree(Path(self.ip).parent, ignore_errors=True)
+
+        # nbclient's last word on a kernel that died is `cleanup_resources`, an alias of the base method
+        cleanup_resources = _async_cleanup_resources
 
         async def _async_launch_kernel(self, kernel_cmd, **kw):
             with open(log_path, "ab") as fh:  # the kernel process keeps its own copy of the descriptor
@@ -373,8 +377,24 @@ def _run_locked(grid: Grid, log: Callable[[str], None], execute: Callable[[Grid,
         st = CellState(cell, "failed", summary + (f" ({unwritten})" if unwritten else ""))
         settle(st, _outcome(grid, st, took))
 
+    def recover(broken_pool: ProcessPoolExecutor) -> ProcessPoolExecutor:
+        """The pool went down: a cell whose result arrived in the meantime is settled as it ended; every
+        other cell in flight went down with the pool. A fresh pool takes the work on."""
+        broken_pool.shutdown(wait=True, cancel_futures=True)
+        dead = []
+        for fut, (cell, t0) in running.items():
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                settle(fut.result(), _outcome(grid, fut.result(), time.perf_counter() - t0))
+            else:
+                dead.append((cell, t0))
+        running.clear()
+        for cell, t0 in dead:
+            settle_dead_worker(cell, t0, len(dead))
+        return new_pool()
+
     try:
         while todo or running:
+            broken = False
             while len(running) < jobs and not any(c.name in alone for c, _ in running.values()) \
                     and (cell := _next_cell(todo, final, order, chain)) is not None:
                 if cell.name in alone and running:
@@ -392,28 +412,28 @@ def _run_locked(grid: Grid, log: Callable[[str], None], execute: Callable[[Grid,
                     st = attempt(grid, cell, execute)
                     settle(st, _outcome(grid, st, time.perf_counter() - t0))
                     continue
-                running[pool.submit(attempt, grid, cell, execute)] = (cell, t0)
-                bar.set_postfix_str(", ".join(c.stage for c, _ in running.values()))
-            if not running:
-                if todo:  # cannot happen in an acyclic grid: every cell's upstream is earlier
-                    raise RuntimeError("no runnable cell left; the grid's dependencies form a cycle")
-                break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            broken = False
-            for fut in finished:
-                if isinstance(fut.exception(), BrokenProcessPool):
+                try:
+                    running[pool.submit(attempt, grid, cell, execute)] = (cell, t0)
+                except BrokenProcessPool:  # a worker died since the last wait: this cell never started
+                    todo.append(cell)
                     broken = True
-                    continue
-                cell, t0 = running.pop(fut)
-                st = fut.result()
-                settle(st, _outcome(grid, st, time.perf_counter() - t0))
-            if broken:  # every cell still in flight went down with the pool
-                pool.shutdown(wait=True, cancel_futures=True)
-                pool = new_pool()
-                in_flight = len(running)
-                for cell, t0 in running.values():
-                    settle_dead_worker(cell, t0, in_flight)
-                running.clear()
+                    break
+                bar.set_postfix_str(", ".join(c.stage for c, _ in running.values()))
+            if not broken:
+                if not running:
+                    if todo:  # cannot happen in an acyclic grid: every cell's upstream is earlier
+                        raise RuntimeError("no runnable cell left; the grid's dependencies form a cycle")
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    if isinstance(fut.exception(), BrokenProcessPool):
+                        broken = True
+                        continue
+                    cell, t0 = running.pop(fut)
+                    st = fut.result()
+                    settle(st, _outcome(grid, st, time.perf_counter() - t0))
+            if broken:
+                pool = recover(pool)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -112,18 +112,17 @@ NOTEBOOKS = {
                "each pair of a student's cells within a family (its levels with answer-only; its teachers at one "
                "level, with human; its formats) gets an exact McNemar test on the questions only one of them got "
                "right, Holm-corrected within the family. Significant pairs first."),
-        ("code", 'import os\n\n'
-                 'if os.path.exists(f"{cell_dir}/paired.csv"):\n'
+        ("code", 'if "paired.csv" in metrics.get("files", []):  # what this run wrote, not a file left by an earlier one\n'
                  '    paired = pd.read_csv(f"{cell_dir}/paired.csv").sort_values(["significant", "p_holm"], ascending=[False, True])\n'
                  '    display(show.table(paired, empty="no family with two or more cells yet"))\n'
                  'else:\n'
                  '    print("no per-question records among the inputs: no paired tests")'),
         ("md", "## What the students were taught\nThe teachers' own accuracy on the training questions and their CoT "
                "length, per level, from the generate cells' rows."),
-        ("code", 'if os.path.exists(f"{cell_dir}/supervision.png"):\n'
+        ("code", 'if "supervision.png" in metrics.get("files", []):\n'
                  '    display(Image(f"{cell_dir}/supervision.png"))\n'
                  'else:\n'
-                 '    print("no generate cells among the inputs")'),
+                 '    print("not drawn: no generate cells among the inputs, or png is not among config\'s formats")'),
         ("md", "## Our cells beside the paper's numbers\nEmpty `accuracy`: a paper value we have not reproduced yet."),
         ("code", 'show.table(pd.read_csv(f"{cell_dir}/paper_vs_ours.csv"))'),
         ("md", "## The results table these figures read"),

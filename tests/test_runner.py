@@ -212,20 +212,30 @@ def test_jobs_a_killed_worker_fails_only_its_own_cell_and_a_rerun_resumes(stub_g
     assert all(s.state == "done" for s in runner.status(g))
 
 
-def _kernel_sockets(out_dir: str) -> str:
-    """Run a one-cell notebook with the runner's kernel manager; what the kernel says it listens on."""
+def _kernel_sockets(out_dir: str, die: bool = False) -> str:
+    """Run a notebook with the runner's kernel manager; what the kernel says it listens on. `die`: the kernel
+    then exits under papermill's feet, as one killed or out of memory does."""
     import papermill as pm
 
     nb = new_notebook(cells=[new_code_cell(
         "from ipykernel.kernelapp import IPKernelApp\napp = IPKernelApp.instance()\nprint(app.transport, app.ip)")])
+    if die:
+        nb.cells.append(new_code_cell("import os\nos._exit(1)"))
     nb.metadata["kernelspec"] = {"name": "cotlib", "display_name": "Python (cotlib)", "language": "python"}
     src = Path(out_dir) / "in.ipynb"
     nbformat.write(nb, src)
-    pm.execute_notebook(str(src), str(Path(out_dir) / "out.ipynb"), kernel_name="cotlib", progress_bar=False,
-                        kernel_manager_class=runner._logged_kernel(Path(out_dir) / "kernel.log"))
+    try:
+        pm.execute_notebook(str(src), str(Path(out_dir) / "out.ipynb"), kernel_name="cotlib", progress_bar=False,
+                            kernel_manager_class=runner._logged_kernel(Path(out_dir) / "kernel.log"))
+    except Exception:
+        if not die:
+            raise
+    else:
+        assert not die, "the kernel was to die"
     return nbformat.read(Path(out_dir) / "out.ipynb", as_version=4).cells[0].outputs[0]["text"].strip()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="Unix sockets: the runner's kernels use TCP on Windows")
 def test_kernels_started_at_once_by_separate_processes_do_not_share_sockets(tmp_path):
     """Under --jobs two processes start kernels at the same instant. Over TCP, jupyter_client hands out ports
     it has just seen free, so two kernels could be given the same one and one die before it ran anything
@@ -242,6 +252,9 @@ def test_kernels_started_at_once_by_separate_processes_do_not_share_sockets(tmp_
     transports, ips = zip(*(s.split(" ", 1) for s in said))
     assert set(transports) == {"ipc"} and len({Path(ip).parent for ip in ips}) == 4, said
     assert not any(Path(ip).parent.exists() for ip in ips), "a kernel's socket folder outlived it"
+    (tmp_path / "dies").mkdir()
+    transport, ip = _kernel_sockets(str(tmp_path / "dies"), die=True).split(" ", 1)
+    assert transport == "ipc" and not Path(ip).parent.exists(), "a dead kernel's socket folder was left behind"
 
 
 def test_validation_fails_before_any_kernel_starts(tmp_project, monkeypatch):
