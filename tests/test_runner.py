@@ -239,7 +239,7 @@ def _kernel_sockets(out_dir: str, die: bool = False) -> str:
 def test_kernels_started_at_once_by_separate_processes_do_not_share_sockets(tmp_path):
     """Under --jobs two processes start kernels at the same instant. Over TCP, jupyter_client hands out ports
     it has just seen free, so two kernels could be given the same one and one die before it ran anything
-    (a cell failed and its readers blocked on CI). The runner's kernels listen on Unix sockets in a folder
+    (the likely cause of a cell failing, its readers blocked, on CI). The runner's kernels listen on Unix sockets in a folder
     of their own, removed when the kernel shuts down."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
