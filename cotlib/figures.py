@@ -300,9 +300,9 @@ def paired_table(table: pd.DataFrame, correct: dict[str, dict[str, bool]]) -> pd
     ours = _groups(table)
     families: dict[str, list[str]] = {}
     for (ds, st), g in ours[ours["method"] != "base"].groupby(["dataset", "student"]):
-        levelled = g[g["level"].notna() & (g["format"] == "cot")]
-        main = levelled.groupby("teacher")["level"].nunique().idxmax() if not levelled.empty else None  # most levels
-        levels = g[(g["level"].notna() & (g["format"] == "cot") & (g["teacher"] == main)) | (g["teacher"] == "answer-only")]
+        levelled = g["level"].notna() & (g["format"] == "cot")
+        main = g[levelled].groupby("teacher")["level"].nunique().idxmax() if levelled.any() else None  # most levels
+        levels = g[(levelled & (g["teacher"] == main)) | (g["teacher"] == "answer-only")]
         families[f"{ds} / {st} / levels"] = list(levels["cell"])
         for key in ("teacher", "format"):
             cells = comparable(g, key)

@@ -384,7 +384,8 @@ def _run_locked(grid: Grid, log: Callable[[str], None], execute: Callable[[Grid,
         dead = []
         for fut, (cell, t0) in running.items():
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                settle(fut.result(), _outcome(grid, fut.result(), time.perf_counter() - t0))
+                st = fut.result()
+                settle(st, _outcome(grid, st, time.perf_counter() - t0))
             else:
                 dead.append((cell, t0))
         running.clear()
